@@ -1,0 +1,111 @@
+"""Builders with the published defaults, and loaders that infer the config from the checkpoint itself."""
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import torch
+
+from utils.checkpoint import CheckpointError, check_state_dict, read_state_dict
+from utils.hub import VAE_FILE, resolve_checkpoint, var_file
+
+from .scales import PATCH_NUMS
+from .var import VAR, VARConfig, derived_buffers
+from .vqvae import VQVAE, VQVAEConfig
+
+VAR_DEPTHS = (16, 20, 24, 30)
+
+
+def build_var(depth: int = 16, device: str | torch.device = "cpu", **overrides) -> VAR:
+    """A VAR with the published layout for `depth` (override any VARConfig field); device='meta' allocates nothing."""
+    with torch.device(device):
+        return VAR(VARConfig(depth=depth, **overrides))
+
+
+def build_vae(device: str | torch.device = "cpu", **overrides) -> VQVAE:
+    with torch.device(device):
+        return VQVAE(VQVAEConfig(**overrides))
+
+
+def build_vae_var(depth: int = 16, device: str | torch.device = "cpu", vae_overrides: dict | None = None,
+                  **var_overrides) -> tuple[VQVAE, VAR]:
+    """A matching (VQVAE, VAR) pair with published defaults and random weights."""
+    vae = build_vae(device, **(vae_overrides or {}))
+    c = vae.config
+    var = build_var(depth, device, vocab_size=c.vocab_size, cvae=c.z_channels, patch_nums=c.patch_nums, **var_overrides)
+    return vae, var
+
+
+def var_config_from_state_dict(sd: dict[str, torch.Tensor]) -> VARConfig:
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    try:
+        width, cvae = sd["word_embed.weight"].shape
+        patch_nums = PATCH_NUMS
+        if "lvl_1L" in sd:
+            counts = torch.bincount(sd["lvl_1L"].flatten()).tolist()
+            patch_nums = tuple(math.isqrt(n) for n in counts)
+        return VARConfig(depth=depth, width=width, heads=sd["blocks.0.attn.scale_mul_1H11"].shape[1],
+                         mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / width,
+                         num_classes=sd["class_emb.weight"].shape[0] - 1, vocab_size=sd["head.weight"].shape[0],
+                         cvae=cvae, patch_nums=patch_nums)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"not a VAR state dict (cannot read its layout: {e})") from None
+
+
+def vae_config_from_state_dict(sd: dict[str, torch.Tensor], patch_nums=PATCH_NUMS) -> VQVAEConfig:
+    try:
+        ch = sd["encoder.conv_in.weight"].shape[0]
+        levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+        ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+        blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+        shared = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k)))
+        vocab, z = sd["quantize.embedding.weight"].shape
+        return VQVAEConfig(vocab_size=vocab, z_channels=z, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks,
+                           patch_nums=tuple(patch_nums), share_quant_resi=shared)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"not a VQVAE state dict (cannot read its layout: {e})") from None
+
+
+def _load_into(model: torch.nn.Module, sd: dict, path, what: str, derived: dict, device, dtype) -> torch.nn.Module:
+    check_state_dict(model.state_dict(), sd, path, what, optional=set(derived))
+    sd = {**derived, **sd}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def load_var(source: str | os.PathLike, depth: int | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None, ckpt_dir=None) -> VAR:
+    """Load a VAR from a path, `ckpt_dir`, or a published name ('var_d30.pth', 'refiner_8.pth').
+
+    The layout comes from the file; `depth`, if given, must agree with it.
+    """
+    if isinstance(source, int):
+        source = var_file(source)
+    path = resolve_checkpoint(source, ckpt_dir)
+    sd = read_state_dict(path)
+    try:
+        config = var_config_from_state_dict(sd)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if depth is not None and depth != config.depth:
+        raise CheckpointError(f"{path} holds a depth-{config.depth} VAR but depth {depth} was requested: "
+                              f"pass depth {config.depth} or the checkpoint of a depth-{depth} model")
+    with torch.device("meta"):
+        model = VAR(config)
+    return _load_into(model, sd, path, f"a depth-{config.depth} VAR", derived_buffers(config), device, dtype)
+
+
+def load_vae(source: str | os.PathLike = VAE_FILE, patch_nums=PATCH_NUMS, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None, ckpt_dir=None) -> VQVAE:
+    """Load the multi-scale VQVAE; `patch_nums` must be those of the VARs it will serve."""
+    path = resolve_checkpoint(source, ckpt_dir)
+    sd = read_state_dict(path)
+    try:
+        config = vae_config_from_state_dict(sd, patch_nums)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    with torch.device("meta"):
+        model = VQVAE(config)
+    derived = {"quantize.ema_vocab_hit_SV": torch.zeros(len(config.patch_nums), config.vocab_size)}
+    return _load_into(model, sd, path, "the multi-scale VQVAE", derived, device, dtype).eval()

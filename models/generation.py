@@ -1,0 +1,154 @@
+"""The one generation loop: plain VAR, a drafter, a refiner and longer chains all run through `run_scales`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .sampling import SamplingConfig, cfg_mix, sample_tokens
+from .var import VAR
+from .vqvae import VQVAE
+
+
+@dataclass
+class DecodeState:
+    """Everything that passes from one model to the next: the generated token-map prefix."""
+    labels: torch.Tensor  # (B,)
+    f_hat: torch.Tensor  # (B, Cvae, H, W) float32, sum of the generated scales
+    tokens: list[torch.Tensor] = field(default_factory=list)  # (B, p_k^2) per generated scale
+    inputs: list[torch.Tensor] = field(default_factory=list)  # next-scale inputs (B, p_k^2, Cvae), k = 1..
+    logits: list[torch.Tensor] | None = None  # raw (2B, p_k^2, V) per scale, when kept for tests
+
+    @property
+    def done(self) -> int:
+        return len(self.tokens)
+
+
+def compute_dtype(model: VAR, device: torch.device) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return model.head.weight.dtype
+
+
+@torch.no_grad()
+def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: SamplingConfig,
+               generator: torch.Generator | None = None) -> DecodeState:
+    """Generate scales state.done .. stop-1 with `model`, continuing the prefix in `state`.
+
+    The first pass covers the whole prefix plus the first new scale (for a refiner: its prefill, one
+    block-causal pass); every later pass is one scale against the KV cache. The cache holds only the
+    scales whose keys are read again (the last scale this model runs is never stored), and it is freed
+    before returning, so the next model in a chain allocates into the memory this one gave back.
+    """
+    c, start = model.config, state.done
+    K, offs, B = c.num_scales, c.offsets, state.labels.shape[0]
+    if start >= stop:
+        return state
+    device = state.f_hat.device
+    cond_BD = model.class_emb(torch.cat((state.labels, torch.full_like(state.labels, c.num_classes))))
+    model.setup_cache(2 * B, offs[stop - 1] if stop - 1 > start else 0, compute_dtype(model, device), device)
+    try:
+        bg, inputs = 0, torch.cat(state.inputs[:start], 1) if start else None
+        for k in range(start, stop):
+            x = model.embed(cond_BD, inputs, bg, offs[k + 1])
+            h = model.hidden(x, cond_BD, bg, offs[k + 1])[:, offs[k] - bg:]
+            logits = model.logits(h, cond_BD)
+            if state.logits is not None:
+                state.logits.append(logits)
+            top_k, top_p, temperature = sampling.at(k, K)
+            idx = sample_tokens(cfg_mix(logits, sampling.guidance(k, K)), top_k, top_p, temperature,
+                                generator, sampling.greedy)
+            state.tokens.append(idx)
+            inputs = vae.quantize.next_input(k, state.f_hat, idx)
+            if inputs is not None:
+                state.inputs.append(inputs)
+            bg = offs[k + 1]
+    finally:
+        model.free_cache()
+    return state
+
+
+def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
+    """Every model of a chain must speak the VQVAE's token language."""
+    for i, m in enumerate(models):
+        c = m.config
+        for what, mine, theirs in (("patch_nums", c.patch_nums, vae.patch_nums), ("vocab_size", c.vocab_size, vae.vocab_size),
+                                   ("latent channels (Cvae)", c.cvae, vae.Cvae)):
+            if mine != theirs:
+                raise ValueError(f"model {i} (depth {c.depth}) has {what}={mine} but the VQVAE has {theirs}: "
+                                 "all models in a collaborative chain must share one tokenizer")
+        if c.num_classes != models[0].config.num_classes:
+            raise ValueError(f"model {i} has {c.num_classes} classes but model 0 has {models[0].config.num_classes}")
+
+
+def resolve_labels(labels, batch_size: int | None, num_classes: int, device, generator) -> torch.Tensor:
+    """Labels as a (B,) int64 tensor; an int repeats, None draws uniformly (as published)."""
+    if labels is None:
+        if batch_size is None:
+            raise ValueError("labels=None needs batch_size to know how many random classes to draw")
+        uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
+        return torch.multinomial(uniform, batch_size, replacement=True, generator=generator).view(batch_size)
+    if isinstance(labels, int):
+        labels = [labels] * (batch_size or 1)
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point():
+        raise ValueError(f"labels must be a non-empty 1-D list of class ids, got shape {tuple(labels.shape)}")
+    if batch_size is not None and labels.numel() != batch_size:
+        raise ValueError(f"got {labels.numel()} labels for batch_size={batch_size}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be class ids in 0..{num_classes - 1}, got {lo if lo < 0 else hi}")
+    return labels.to(device=device, dtype=torch.long)
+
+
+def make_generator(seed: int | None, generator: torch.Generator | None, device) -> torch.Generator | None:
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def check_stops(stops: Sequence[int], num_scales: int) -> None:
+    if not stops or list(stops) != sorted(stops) or stops[0] < 0 or stops[-1] != num_scales:
+        raise ValueError(f"scale boundaries {list(stops)} must be non-decreasing in 0..{num_scales} "
+                         f"and end at {num_scales}")
+
+
+@torch.no_grad()
+def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, batch_size: int | None = None,
+                   seed: int | None = None, generator: torch.Generator | None = None, keep_logits: bool = False,
+                   sampling: SamplingConfig | None = None, **sampling_kwargs) -> DecodeState:
+    """Model i generates scales stops[i-1] .. stops[i]-1 (stops[-1] == K); one random stream throughout."""
+    sampling = sampling or SamplingConfig(**sampling_kwargs)
+    K = vae.quantize.num_scales
+    check_compatible(vae, models)
+    check_stops(stops, K)
+    sampling.validate(K)
+    device = models[0].head.weight.device
+    generator = make_generator(seed, generator, device)
+    labels = resolve_labels(labels, batch_size, models[0].config.num_classes, device, generator)
+    H = vae.patch_nums[-1]
+    state = DecodeState(labels, torch.zeros(labels.shape[0], vae.Cvae, H, H, device=device),
+                        logits=[] if keep_logits else None)
+    for model, stop in zip(models, stops):
+        run_scales(model, vae, state, stop, sampling, generator)
+    return state
+
+
+@torch.no_grad()
+def generate(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, return_tokens: bool = False,
+             **kwargs):
+    """Images in [0, 1] as (B, 3, H, W) float32; with return_tokens, also the K token maps (B, p, p).
+
+    Arguments: labels (int, list or tensor of class ids; None draws them), batch_size, cfg, top_k, top_p,
+    temperature (scalars or per-scale lists), greedy, seed or generator, sampling (a SamplingConfig).
+    """
+    state = generate_state(vae, models, stops, labels, **kwargs)
+    images = vae.fhat_to_img(state.f_hat).add_(1).mul_(0.5).float()
+    if not return_tokens:
+        return images
+    return images, [t.view(t.shape[0], p, p) for t, p in zip(state.tokens, vae.patch_nums)]

@@ -1,0 +1,104 @@
+"""Multi-scale residual quantiser: image latents <-> the K token maps, and the next-scale inputs of VAR."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Phi(nn.Conv2d):
+    """phi(h) = (1 - r) * h + r * conv(h): the residual refinement applied to every upsampled token map."""
+
+    def __init__(self, channels: int, ratio: float):
+        super().__init__(channels, channels, 3, 1, 1)
+        self.ratio = abs(ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mul(1 - self.ratio) + super().forward(h).mul_(self.ratio)
+
+
+class PhiShared(nn.Module):
+    """A few phi convs shared across scales; scale k uses the one whose tick is nearest to k / (K - 1)."""
+
+    def __init__(self, channels: int, ratio: float, count: int):
+        super().__init__()
+        self.qresi_ls = nn.ModuleList([Phi(channels, ratio) for _ in range(count)])
+        self.ticks = np.linspace(1 / 3 / count, 1 - 1 / 3 / count, count) if count == 4 else \
+            np.linspace(1 / 2 / count, 1 - 1 / 2 / count, count)
+
+    def for_scale(self, k: int, num_scales: int) -> Phi:
+        at = k / (num_scales - 1) if num_scales > 1 else 0.0
+        return self.qresi_ls[int(np.argmin(np.abs(self.ticks - at)))]
+
+
+class MultiScaleQuantizer(nn.Module):
+    def __init__(self, vocab_size: int, channels: int, patch_nums: tuple[int, ...],
+                 quant_resi: float = 0.5, share_quant_resi: int = 4, beta: float = 0.25):
+        super().__init__()
+        self.vocab_size, self.Cvae, self.patch_nums, self.beta = vocab_size, channels, tuple(patch_nums), beta
+        self.embedding = nn.Embedding(vocab_size, channels)
+        self.quant_resi = PhiShared(channels, quant_resi, share_quant_resi)
+        # usage statistic kept for checkpoint compatibility; not needed for inference
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    def phi(self, k: int, h_BChw: torch.Tensor) -> torch.Tensor:
+        return self.quant_resi.for_scale(k, self.num_scales)(h_BChw)
+
+    def upsample(self, k: int, h_BChw: torch.Tensor) -> torch.Tensor:
+        """Token-map embedding of scale k -> full latent size (identity on the last scale)."""
+        H = self.patch_nums[-1]
+        return h_BChw if k == self.num_scales - 1 else F.interpolate(h_BChw, size=(H, H), mode="bicubic")
+
+    def lookup(self, idx_Bl: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, p*p) token ids of scale k -> (B, Cvae, p, p) code vectors."""
+        p = self.patch_nums[k]
+        return self.embedding(idx_Bl).transpose(1, 2).reshape(idx_Bl.shape[0], self.Cvae, p, p)
+
+    def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
+        w = self.embedding.weight.data
+        d = z_NC.square().sum(1, keepdim=True) + w.square().sum(1)
+        return d.addmm_(z_NC, w.T, alpha=-2, beta=1).argmin(1)
+
+    @torch.no_grad()
+    def f_to_tokens(self, f_BChw: torch.Tensor, return_fhat: bool = False) -> list[torch.Tensor]:
+        """Residual quantisation of a latent: K token maps (B, p*p), or the running f_hat after each scale."""
+        B, C, H, W = f_BChw.shape
+        if (H, W) != (self.patch_nums[-1],) * 2:
+            raise ValueError(f"latent is {H}x{W} but the last patch size is {self.patch_nums[-1]}")
+        f_rest, f_hat, out = f_BChw.detach().clone(), torch.zeros_like(f_BChw), []
+        for k, p in enumerate(self.patch_nums):
+            z = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
+            h = self.phi(k, self.upsample(k, self.lookup(idx, k)))
+            f_hat.add_(h)
+            f_rest.sub_(h)
+            out.append(f_hat.clone() if return_fhat else idx)
+        return out
+
+    def tokens_to_fhat(self, idx: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of phi(upsample(embed)) over all K token maps: the latent the decoder reads."""
+        f_hat = None
+        for k, idx_Bl in enumerate(idx):
+            h = self.phi(k, self.upsample(k, self.lookup(idx_Bl, k)).float())
+            f_hat = h if f_hat is None else f_hat + h
+        return f_hat
+
+    def next_input(self, k: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor | None:
+        """Add token map k to f_hat (in place); return VAR's input for scale k+1 as (B, p*p, Cvae), or None."""
+        f_hat.add_(self.phi(k, self.upsample(k, self.lookup(idx_Bl, k))))
+        if k == self.num_scales - 1:
+            return None
+        p = self.patch_nums[k + 1]
+        return F.interpolate(f_hat, size=(p, p), mode="area").flatten(2).transpose(1, 2)
+
+    def tokens_to_var_input(self, idx: list[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forcing inputs from ground-truth token maps: (B, L - p_0^2, Cvae), float32."""
+        B, H = idx[0].shape[0], self.patch_nums[-1]
+        f_hat = torch.zeros(B, self.Cvae, H, H, device=idx[0].device)
+        inputs = [self.next_input(k, f_hat, idx[k]) for k in range(self.num_scales - 1)]
+        return torch.cat(inputs, 1) if inputs else f_hat.new_zeros(B, 0, self.Cvae)

@@ -1,0 +1,84 @@
+"""Sampling settings and the published sampler: pure functions on logits with an explicit generator."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+PerScale = float | int | Sequence[float] | Sequence[int]
+
+
+@dataclass
+class SamplingConfig:
+    """Classifier-free guidance and token filtering. top_k, top_p and temperature may be per-scale lists.
+
+    top_k=0 disables top-k; top_p=1 keeps every token (the published code still runs its filter then).
+    greedy takes the argmax instead of drawing (no random numbers are consumed).
+    """
+    cfg: float = 1.5
+    top_k: PerScale = 900
+    top_p: PerScale = 0.96
+    temperature: PerScale = 1.0
+    greedy: bool = False
+
+    def validate(self, num_scales: int) -> None:
+        if not (isinstance(self.cfg, (int, float)) and self.cfg >= 0):
+            raise ValueError(f"cfg must be a number >= 0, got {self.cfg!r}")
+        for name in ("top_k", "top_p", "temperature"):
+            values = self._list(name, num_scales)
+            if name == "top_k" and any(int(v) != v or v < 0 for v in values):
+                raise ValueError(f"top_k must be integers >= 0 (0 disables it), got {getattr(self, name)!r}")
+            if name == "top_p" and any(not 0 < v <= 1 for v in values):
+                raise ValueError(f"top_p must be in (0, 1], got {getattr(self, name)!r}")
+            if name == "temperature" and any(not v > 0 for v in values):
+                raise ValueError(f"temperature must be > 0, got {getattr(self, name)!r}")
+
+    def _list(self, name: str, num_scales: int) -> list:
+        value = getattr(self, name)
+        if isinstance(value, (int, float)):
+            return [value] * num_scales
+        value = list(value)
+        if len(value) != num_scales:
+            raise ValueError(f"{name} has {len(value)} entries but there are {num_scales} scales")
+        return value
+
+    def at(self, k: int, num_scales: int) -> tuple[int, float, float]:
+        """(top_k, top_p, temperature) for scale k."""
+        return tuple(self._list(n, num_scales)[k] for n in ("top_k", "top_p", "temperature"))
+
+    def guidance(self, k: int, num_scales: int) -> float:
+        """The published linear schedule: no guidance on the first scale, `cfg` on the last."""
+        return self.cfg * k / (num_scales - 1) if num_scales > 1 else 0.0
+
+
+def cfg_mix(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
+    """(1 + t) * cond - t * uncond, the halves stacked as [cond; uncond] along the batch."""
+    B = logits_2BlV.shape[0] // 2
+    return (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+
+
+def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """In place, as published: keep logits >= the k-th largest (ties survive), then the nucleus."""
+    if top_k > 0:  # k >= V keeps everything, as the published filter does for k = V
+        kth = logits_BlV.topk(min(int(top_k), logits_BlV.shape[-1]), dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        remove[..., -1:] = False  # the most likely token always survives
+        logits_BlV.masked_fill_(remove.scatter(-1, sorted_idx, remove), -torch.inf)
+    return logits_BlV
+
+
+def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, temperature: float = 1.0,
+                  generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
+    """(B, l, V) float logits -> (B, l) token ids; one multinomial draw over all B*l rows."""
+    if greedy:
+        return logits_BlV.argmax(dim=-1)
+    B, l, V = logits_BlV.shape
+    logits_BlV = filter_top_k_top_p_(logits_BlV, top_k, top_p)
+    if temperature != 1:
+        logits_BlV = logits_BlV / temperature
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)

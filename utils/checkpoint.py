@@ -1,0 +1,71 @@
+"""Safe checkpoint I/O: plain tensors only, clear errors naming the file, atomic writes."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the file and the reason in the message."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict with weights_only=True. Accepts a plain dict of tensors or {'model': ..., ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    obj = load_weights_only(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not tensors")
+    return obj
+
+
+def load_weights_only(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} contains Python objects other than tensors and plain containers; "
+                              f"refusing to unpickle it (weights_only=True). Re-save it as a plain state dict. ({e})"
+                              ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if "mmap" in str(e) or "legacy" in str(e):  # pre-zip format cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path, what: str,
+                     optional: set[str] = frozenset()) -> None:
+    """Strict comparison of keys and shapes, reporting everything that differs in one error."""
+    missing = sorted(set(expected) - set(found) - optional)
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k}: file {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"{path} does not match {what}:"]
+        for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                lines.append(f"  {name} ({len(items)}): {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
+        raise CheckpointError("\n".join(lines))
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
