@@ -12,6 +12,16 @@ from .vqvae import VQVAE
 
 
 @dataclass
+class TokenEdit:
+    """Zero-shot editing: at every scale, tokens where `masks[k]` is False are taken from `tokens[k]`."""
+    tokens: list[torch.Tensor]  # (B, p_k^2) source token maps, e.g. VQVAE.img_to_tokens(image)
+    masks: list[torch.Tensor]  # (B, p_k^2) bool, True = generate this token
+
+    def apply(self, k: int, idx_Bl: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.masks[k], idx_Bl, self.tokens[k])
+
+
+@dataclass
 class DecodeState:
     """Everything that passes from one model to the next: the generated token-map prefix."""
     labels: torch.Tensor  # (B,)
@@ -19,6 +29,7 @@ class DecodeState:
     tokens: list[torch.Tensor] = field(default_factory=list)  # (B, p_k^2) per generated scale
     inputs: list[torch.Tensor] = field(default_factory=list)  # next-scale inputs (B, p_k^2, Cvae), k = 1..
     logits: list[torch.Tensor] | None = None  # raw (2B, p_k^2, V) per scale, when kept for tests
+    edit: TokenEdit | None = None  # inpainting / outpainting: tokens fixed outside a mask
 
     @property
     def done(self) -> int:
@@ -59,6 +70,8 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
             top_k, top_p, temperature = sampling.at(k, K)
             idx = sample_tokens(cfg_mix(logits, sampling.guidance(k, K)), top_k, top_p, temperature,
                                 generator, sampling.greedy)
+            if state.edit is not None:
+                idx = state.edit.apply(k, idx)
             state.tokens.append(idx)
             inputs = vae.quantize.next_input(k, state.f_hat, idx)
             if inputs is not None:
@@ -121,7 +134,7 @@ def check_stops(stops: Sequence[int], num_scales: int) -> None:
 @torch.no_grad()
 def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, batch_size: int | None = None,
                    seed: int | None = None, generator: torch.Generator | None = None, keep_logits: bool = False,
-                   sampling: SamplingConfig | None = None, **sampling_kwargs) -> DecodeState:
+                   edit: TokenEdit | None = None, sampling: SamplingConfig | None = None, **sampling_kwargs) -> DecodeState:
     """Model i generates scales stops[i-1] .. stops[i]-1 (stops[-1] == K); one random stream throughout."""
     sampling = sampling or SamplingConfig(**sampling_kwargs)
     K = vae.quantize.num_scales
@@ -133,7 +146,7 @@ def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labe
     labels = resolve_labels(labels, batch_size, models[0].config.num_classes, device, generator)
     H = vae.patch_nums[-1]
     state = DecodeState(labels, torch.zeros(labels.shape[0], vae.Cvae, H, H, device=device),
-                        logits=[] if keep_logits else None)
+                        logits=[] if keep_logits else None, edit=edit)
     for model, stop in zip(models, stops):
         run_scales(model, vae, state, stop, sampling, generator)
     return state
@@ -145,7 +158,8 @@ def generate(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=Non
     """Images in [0, 1] as (B, 3, H, W) float32; with return_tokens, also the K token maps (B, p, p).
 
     Arguments: labels (int, list or tensor of class ids; None draws them), batch_size, cfg, top_k, top_p,
-    temperature (scalars or per-scale lists), greedy, seed or generator, sampling (a SamplingConfig).
+    temperature (scalars or per-scale lists), greedy, seed or generator, sampling (a SamplingConfig),
+    edit (a TokenEdit: keep the source's tokens outside a mask), keep_logits.
     """
     state = generate_state(vae, models, stops, labels, **kwargs)
     images = vae.fhat_to_img(state.f_hat).add_(1).mul_(0.5).float()
