@@ -71,14 +71,26 @@ def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> t
     return logits_BlV
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, temperature: float = 1.0,
-                  generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
-    """(B, l, V) float logits -> (B, l) token ids; one multinomial draw over all B*l rows."""
+                  generator: Generators = None, greedy: bool = False) -> torch.Tensor:
+    """(B, l, V) float logits -> (B, l) token ids; one multinomial draw over all B*l rows.
+
+    `generator` may also be one generator per image: each row then draws as if it were generated alone
+    (batch 1), so an image depends only on its own generator, whatever batch it is part of.
+    """
     if greedy:
         return logits_BlV.argmax(dim=-1)
     B, l, V = logits_BlV.shape
     logits_BlV = filter_top_k_top_p_(logits_BlV, top_k, top_p)
     if temperature != 1:
         logits_BlV = logits_BlV / temperature
-    probs = logits_BlV.softmax(dim=-1).view(-1, V)
-    return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
+    probs = logits_BlV.softmax(dim=-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs.view(-1, V), num_samples=1, replacement=True, generator=generator).view(B, l)
+    if len(generator) != B:
+        raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+    return torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
+                        for b, g in enumerate(generator)])
