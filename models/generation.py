@@ -144,8 +144,7 @@ def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labe
     device = models[0].head.weight.device
     generator = make_generator(seed, generator, device)
     labels = resolve_labels(labels, batch_size, models[0].config.num_classes, device, generator)
-    H = vae.patch_nums[-1]
-    state = DecodeState(labels, torch.zeros(labels.shape[0], vae.Cvae, H, H, device=device),
+    state = DecodeState(labels, vae.quantize.zeros_fhat(labels.shape[0]),
                         logits=[] if keep_logits else None, edit=edit)
     for model, stop in zip(models, stops):
         run_scales(model, vae, state, stop, sampling, generator)

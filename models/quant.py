@@ -82,11 +82,14 @@ class MultiScaleQuantizer(nn.Module):
 
     def tokens_to_fhat(self, idx: list[torch.Tensor]) -> torch.Tensor:
         """Sum of phi(upsample(embed)) over all K token maps: the latent the decoder reads."""
-        f_hat = None
+        f_hat = self.zeros_fhat(idx[0].shape[0])
         for k, idx_Bl in enumerate(idx):
-            h = self.phi(k, self.upsample(k, self.lookup(idx_Bl, k)).float())
-            f_hat = h if f_hat is None else f_hat + h
+            f_hat.add_(self.phi(k, self.upsample(k, self.lookup(idx_Bl, k))))
         return f_hat
+
+    def zeros_fhat(self, batch: int) -> torch.Tensor:
+        w, H = self.embedding.weight, self.patch_nums[-1]  # f_hat accumulates in at least float32
+        return torch.zeros(batch, self.Cvae, H, H, device=w.device, dtype=torch.promote_types(w.dtype, torch.float32))
 
     def next_input(self, k: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor | None:
         """Add token map k to f_hat (in place); return VAR's input for scale k+1 as (B, p*p, Cvae), or None."""
@@ -98,7 +101,6 @@ class MultiScaleQuantizer(nn.Module):
 
     def tokens_to_var_input(self, idx: list[torch.Tensor]) -> torch.Tensor:
         """Teacher-forcing inputs from ground-truth token maps: (B, L - p_0^2, Cvae), float32."""
-        B, H = idx[0].shape[0], self.patch_nums[-1]
-        f_hat = torch.zeros(B, self.Cvae, H, H, device=idx[0].device)
+        B, f_hat = idx[0].shape[0], self.zeros_fhat(idx[0].shape[0])
         inputs = [self.next_input(k, f_hat, idx[k]) for k in range(self.num_scales - 1)]
         return torch.cat(inputs, 1) if inputs else f_hat.new_zeros(B, 0, self.Cvae)

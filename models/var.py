@@ -102,7 +102,10 @@ class VAR(nn.Module):
         return x
 
     def logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD).float()).float()
+        """(B, l, V) in float32 (float64 for a float64 model): as published, the head may run in reduced
+        precision under autocast, and its input and output are upcast."""
+        up = torch.promote_types(h.dtype, torch.float32)
+        return self.head(self.head_nm(h.to(up), cond_BD).to(up)).to(up)
 
     def forward(self, labels_B: torch.Tensor, inputs: torch.Tensor, stop_scale: int | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, L', V) of scales 0..stop_scale-1 in one block-causal pass.
