@@ -18,7 +18,7 @@ from models.vqvae import VQVAE
 
 def chain_stops(draft_steps: int | Sequence[int], num_models: int, num_scales: int) -> list[int]:
     """Scale boundaries of a chain: [N1, N2, ..., K] from the draft steps of all models but the last."""
-    steps = [draft_steps] if isinstance(draft_steps, int) else list(draft_steps)
+    steps = list(draft_steps) if isinstance(draft_steps, (list, tuple)) else [draft_steps]
     if len(steps) != num_models - 1:
         raise ValueError(f"draft_steps needs {num_models - 1} boundaries for {num_models} models, got {steps}")
     for n in steps:

@@ -41,16 +41,25 @@ def var_config_from_state_dict(sd: dict[str, torch.Tensor]) -> VARConfig:
     depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     try:
         width, cvae = sd["word_embed.weight"].shape
-        patch_nums = PATCH_NUMS
-        if "lvl_1L" in sd:
-            counts = torch.bincount(sd["lvl_1L"].flatten()).tolist()
-            patch_nums = tuple(math.isqrt(n) for n in counts)
+        patch_nums = infer_patch_nums(sd)
         return VARConfig(depth=depth, width=width, heads=sd["blocks.0.attn.scale_mul_1H11"].shape[1],
                          mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / width,
                          num_classes=sd["class_emb.weight"].shape[0] - 1, vocab_size=sd["head.weight"].shape[0],
                          cvae=cvae, patch_nums=patch_nums)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"not a VAR state dict (cannot read its layout: {e})") from None
+
+
+def infer_patch_nums(sd: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """From the scale id of every token (lvl_1L) when the file has it, else the published schedule if it fits."""
+    lvl = sd.get("lvl_1L")
+    if lvl is not None and lvl.device.type != "meta":
+        return tuple(math.isqrt(n) for n in torch.bincount(lvl.flatten()).tolist())
+    num_scales, seq_len = sd["lvl_embed.weight"].shape[0], sd["pos_1LC"].shape[1]
+    if (num_scales, seq_len) == (len(PATCH_NUMS), sum(p * p for p in PATCH_NUMS)):
+        return PATCH_NUMS
+    raise CheckpointError(f"the file has no lvl_1L buffer and its {num_scales} scales / {seq_len} tokens are not the "
+                          "published schedule, so patch_nums cannot be inferred; save the full state dict")
 
 
 def vae_config_from_state_dict(sd: dict[str, torch.Tensor], patch_nums=PATCH_NUMS) -> VQVAEConfig:
@@ -83,7 +92,12 @@ def load_var(source: str | os.PathLike, depth: int | None = None, device: str | 
     if isinstance(source, int):
         source = var_file(source)
     path = resolve_checkpoint(source, ckpt_dir)
-    sd = read_state_dict(path)
+    return var_from_state_dict(read_state_dict(path), path, depth, device, dtype)
+
+
+def var_from_state_dict(sd: dict[str, torch.Tensor], path, depth: int | None = None, device="cpu",
+                        dtype: torch.dtype | None = None) -> VAR:
+    """Strict load: every learned key with its shape; the derived buffers may be present or not."""
     try:
         config = var_config_from_state_dict(sd)
     except CheckpointError as e:
@@ -93,14 +107,18 @@ def load_var(source: str | os.PathLike, depth: int | None = None, device: str | 
                               f"pass depth {config.depth} or the checkpoint of a depth-{depth} model")
     with torch.device("meta"):
         model = VAR(config)
-    return _load_into(model, sd, path, f"a depth-{config.depth} VAR", derived_buffers(config), device, dtype)
+    return _load_into(model, sd, path, f"a depth-{config.depth} VAR", derived_buffers(config), device, dtype).eval()
 
 
 def load_vae(source: str | os.PathLike = VAE_FILE, patch_nums=PATCH_NUMS, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None, ckpt_dir=None) -> VQVAE:
     """Load the multi-scale VQVAE; `patch_nums` must be those of the VARs it will serve."""
     path = resolve_checkpoint(source, ckpt_dir)
-    sd = read_state_dict(path)
+    return vae_from_state_dict(read_state_dict(path), path, patch_nums, device, dtype)
+
+
+def vae_from_state_dict(sd: dict[str, torch.Tensor], path, patch_nums=PATCH_NUMS, device="cpu",
+                        dtype: torch.dtype | None = None) -> VQVAE:
     try:
         config = vae_config_from_state_dict(sd, patch_nums)
     except CheckpointError as e:

@@ -56,7 +56,8 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     K, offs, B = c.num_scales, c.offsets, state.labels.shape[0]
     if start >= stop:
         return state
-    device = state.f_hat.device
+    device, was_training = state.f_hat.device, model.training
+    model.eval()  # generation never drops paths, whatever mode the caller left the model in
     cond_BD = model.class_emb(torch.cat((state.labels, torch.full_like(state.labels, c.num_classes))))
     model.setup_cache(2 * B, offs[stop - 1] if stop - 1 > start else 0, compute_dtype(model, device), device)
     try:
@@ -79,6 +80,7 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
             bg = offs[k + 1]
     finally:
         model.free_cache()
+        model.train(was_training)
     return state
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_pair, tiny_var_like
-from models import generate_state
+from models import DecodeState, SamplingConfig, TokenEdit, generate_state, run_scales
 from models.scales import token_offsets
 
 
@@ -37,19 +37,15 @@ def test_teacher_forcing_is_block_causal(pair64):
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_refiner_prefill_matches_incremental(n):
-    vae, var = tiny_pair(dtype=torch.float64)
+    vae, drafter = tiny_pair(dtype=torch.float64)
     refiner = tiny_var_like(vae, depth=3, seed=7, dtype=torch.float64)
-    # refiner fed the drafter's prefix in one pass ...
-    code = generate_state(vae, [var, refiner], [n, 4], [3, 4], seed=1, keep_logits=True)
-    # ... versus the refiner consuming the same prefix scale by scale with its cache
-    state = generate_state(vae, [var], [n, 4][:1] + [4], [3, 4], seed=1, keep_logits=False)
-    from models.generation import DecodeState, run_scales
-    from models.sampling import SamplingConfig
-    replay = DecodeState(state.labels, torch.zeros_like(state.f_hat), logits=[])
-    forced = [t for t in code.tokens]
-    from models.generation import TokenEdit
-    replay.edit = TokenEdit(forced, [torch.zeros_like(t, dtype=torch.bool) for t in forced])
-    run_scales(refiner, vae, replay, n + 1, SamplingConfig(), None)
+    # the refiner takes the drafter's n scales in one prefill pass and predicts scale n ...
+    code = generate_state(vae, [drafter, refiner], [n, 4], [3, 4], seed=1, keep_logits=True)
+    # ... versus the refiner consuming the same prefix scale by scale through its cache
+    forced = TokenEdit(code.tokens, [torch.zeros_like(t, dtype=torch.bool) for t in code.tokens])
+    replay = DecodeState(code.labels, vae.quantize.zeros_fhat(2), logits=[], edit=forced)
+    run_scales(refiner, vae, replay, n + 1, SamplingConfig())
+    assert [torch.equal(a, b) for a, b in zip(replay.tokens, code.tokens)] == [True] * (n + 1)
     torch.testing.assert_close(code.logits[n], replay.logits[n], rtol=1e-10, atol=1e-10)
 
 

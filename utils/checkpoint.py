@@ -31,15 +31,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights_only(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: try the legacy format
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} contains Python objects other than tensors and plain containers; "
-                              f"refusing to unpickle it (weights_only=True). Re-save it as a plain state dict. ({e})"
-                              ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if "mmap" in str(e) or "legacy" in str(e):  # pre-zip format cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+        if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
+            raise CheckpointError(f"{path} contains Python objects other than tensors and plain containers; "
+                                  "refusing to unpickle it (weights_only=True). Re-save it as a plain state dict."
+                                  ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?)") from None
+    except Exception as e:  # zip reader errors, EOF, garbage bytes: all mean the file is not a checkpoint
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path, what: str,
