@@ -1,0 +1,282 @@
+"""train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_drafter
+import train_refiner
+from code.losses import RefinerLoss, drafter_ce
+from conftest import ROOT, tiny_pair, tiny_var_like
+from models import VAR, load_vae, load_var
+from utils.checkpoint import atomic_save
+from utils.data import ImageFolder, ImageTransform
+from utils.optim import LRSchedule, scaled_lr
+from utils.train import make_batch
+
+N = 2  # draft steps of the tiny 4-scale models
+
+
+def write_folder(root, counts, seed):
+    rng = np.random.default_rng(seed)
+    for c, n in enumerate(counts):
+        (root / f"n{c:03d}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):  # smooth-ish images of varied shapes, so that the tiny VQVAE sees structure
+            h, w = 9 + i % 3, 12 - i % 2
+            base = rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)
+            img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+            img.save(root / f"n{c:03d}" / f"img{i}.JPEG", quality=95)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_assets")
+    vae, var = tiny_pair(depth=2)
+    teacher = tiny_var_like(vae, depth=3, seed=5)
+    atomic_save(vae.state_dict(), root / "vae.pth")
+    atomic_save(var.state_dict(), root / "d2.pth")
+    atomic_save(teacher.state_dict(), root / "d3.pth")
+    write_folder(root / "data" / "train", [4, 4, 4], seed=0)
+    write_folder(root / "data" / "val", [1, 1, 1], seed=1)
+    write_folder(root / "one_batch" / "train", [2, 2], seed=2)
+    return root
+
+
+def args_for(assets, out, *extra, data="data"):
+    return ["--depth", "2", "--draft_steps", str(N), "--data_path", str(assets / data), "--init",
+            str(assets / "d2.pth"), "--vae", str(assets / "vae.pth"), "--output_dir", str(out), "--device", "cpu",
+            "--num_workers", "0", "--batch_size", "2", "--grad_accum", "2", "--log_every", "1", "--save_every", "0",
+            *extra]
+
+
+def refiner_args(assets, out, *extra, **kw):
+    return args_for(assets, out, "--teacher_depth", "3", "--teacher", str(assets / "d3.pth"), *extra, **kw)
+
+
+def run(script, argv) -> int:
+    return script.main(script.parse_args(argv))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def log_records(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def fixed_batch(assets):
+    """The one_batch images, centre-cropped, with their true labels: tokens and teacher-forcing inputs."""
+    vae = load_vae(assets / "vae.pth", patch_nums=(1, 2, 3, 4))
+    data = ImageFolder(assets / "one_batch" / "train", ImageTransform(8, train=False))
+    imgs, labels, drops = zip(*(data[(i, 0)] for i in range(len(data))))
+    return make_batch(vae, torch.stack(imgs), torch.tensor(labels), torch.tensor(drops), 10, torch.device("cpu"))
+
+
+def test_drafter_overfits_one_batch(assets, tmp_path):
+    overfit = ["--max_steps", "12", "--lr", "2", "--warmup_ratio", "0", "--min_lr_ratio", "1", "--cond_drop", "0",
+               "--grad_accum", "1", "--batch_size", "4", "--drop_path", "0"]
+    assert run(train_drafter, args_for(assets, tmp_path, *overfit, data="one_batch")) == 0
+    b = fixed_batch(assets)
+    offs = load_var(assets / "d2.pth").config.offsets
+
+    @torch.no_grad()
+    def loss(path):
+        return drafter_ce(load_var(path)(b.labels_B, b.inputs, stop_scale=N), b.gt_BL, N, offs).item()
+
+    before, after = loss(assets / "d2.pth"), loss(tmp_path / f"drafter_{N}.pth")
+    assert after < 0.7 * before, (before, after)
+    records = log_records(tmp_path)
+    assert records[-1]["ce"] < records[0]["ce"] and "kd" not in records[0]
+
+
+def test_refiner_overfits_one_batch(assets, tmp_path):
+    overfit = ["--max_steps", "12", "--lr", "2", "--warmup_ratio", "0", "--min_lr_ratio", "1", "--cond_drop", "0",
+               "--grad_accum", "1", "--batch_size", "4", "--drop_path", "0"]
+    assert run(train_refiner, refiner_args(assets, tmp_path, *overfit, data="one_batch")) == 0
+    b = fixed_batch(assets)
+    teacher = load_var(assets / "d3.pth")
+    loss_fn = RefinerLoss(N, teacher.config.offsets)
+
+    @torch.no_grad()
+    def kd(path):
+        return loss_fn(load_var(path)(b.labels_B, b.inputs), teacher(b.labels_B, b.inputs), b.gt_BL, 1.0)[0].item()
+
+    before, after = kd(assets / "d2.pth"), kd(tmp_path / f"refiner_{N}.pth")
+    assert after < 0.7 * before, (before, after)
+    records = log_records(tmp_path)
+    assert [r["lambda"] for r in records] == pytest.approx([1 - s / 11 for s in range(12)])
+
+
+@pytest.mark.parametrize("script", [train_drafter, train_refiner], ids=["drafter", "refiner"])
+def test_resume_continues_exactly(assets, tmp_path, script):
+    """4 steps straight == 2 steps, stop, resume, 2 steps: bitwise (same ops, same order, per-step seeds)."""
+    make = args_for if script is train_drafter else refiner_args
+    recipe = ["--max_steps", "4", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0.3",
+              "--log_every", "2"]
+    role = "drafter" if script is train_drafter else "refiner"
+    assert run(script, make(assets, tmp_path / "straight", *recipe)) == 0
+    assert run(script, make(assets, tmp_path / "split", *recipe, "--stop_at", "2")) == 0
+    ckpt = torch.load(tmp_path / "split" / "ckpt_last.pth", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["data"]["step_in_epoch"] == 2 and ckpt["config"]["depth"] == 2
+    assert not (tmp_path / "split" / f"{role}_{N}.pth").exists()  # stopped early: nothing exported yet
+    assert run(script, make(assets, tmp_path / "split", *recipe, "--resume", "auto", "--num_workers", "1")) == 0
+    straight, split = weights(tmp_path / "straight" / f"{role}_{N}.pth"), weights(tmp_path / "split" / f"{role}_{N}.pth")
+    assert straight.keys() == split.keys()
+    assert all(torch.equal(straight[k], split[k]) for k in straight)
+    assert not torch.equal(straight["head.weight"], weights(assets / "d2.pth")["head.weight"])
+    a, b = log_records(tmp_path / "straight"), log_records(tmp_path / "split")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["step"] for r in a] == [2, 4]
+
+
+def test_resume_refuses_a_different_recipe(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "2", "--stop_at", "1")) == 0
+    ckpt = tmp_path / "ckpt_last.pth"
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "2", "--lr", "3e-4", "--resume", str(ckpt))) == 2
+    assert f"{ckpt} was written by a different training recipe" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_process(assets, tmp_path):
+    """torchrun with 2 gloo ranks x batch 2 == 1 process x batch 2 x 2 accumulation (global batch 4)."""
+    recipe = ["--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0"]
+    assert run(train_drafter, args_for(assets, tmp_path / "one", *recipe)) == 0
+    argv = args_for(assets, tmp_path / "two", *recipe)
+    argv[argv.index("--grad_accum"): argv.index("--grad_accum") + 2] = ["--global_batch", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "train_drafter.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(2/GPU x 1 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
+    one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
+    init = weights(assets / "d2.pth")
+    # The all-reduce sums gradients in another order than accumulation does, and Adam's first steps divide by
+    # sqrt(v) ~ |g|, so a rounding-level change of a near-zero gradient can move that element by up to lr:
+    # compare each tensor's update (final - initial) in norm, not elementwise.
+    for k, v in one.items():
+        if v.is_floating_point() and k != "attn_bias_for_masking":
+            step = (v - init[k]).norm()
+            assert (two[k] - v).norm() <= 1e-2 * step + 1e-7, k
+    losses_one = [r["loss"] for r in log_records(tmp_path / "one")]
+    assert [r["loss"] for r in log_records(tmp_path / "two")] == pytest.approx(losses_one, rel=1e-5)
+
+
+def test_exported_weights_load_and_generate(assets, tmp_path):
+    assert run(train_refiner, refiner_args(assets, tmp_path, "--max_steps", "1")) == 0
+    exported = weights(tmp_path / f"refiner_{N}.pth")
+    reference = tiny_pair(depth=2)[1].state_dict()
+    assert exported.keys() == reference.keys()
+    assert all(v.dtype == reference[k].dtype and v.shape == reference[k].shape for k, v in exported.items())
+    vae = load_vae(assets / "vae.pth", patch_nums=(1, 2, 3, 4))
+    var = load_var(tmp_path / f"refiner_{N}.pth", depth=2)
+    images = var.generate(vae, [0, 3], seed=0)
+    assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+    ckpt = torch.load(tmp_path / "ckpt_last.pth", weights_only=True)  # plain containers and tensors only
+    assert ckpt["role"] == "refiner" and ckpt["recipe"]["total_steps"] == 1 and ckpt["scaler"] == {}
+    assert isinstance(load_var(tmp_path / "ckpt_last.pth"), VAR)  # the training checkpoint loads too
+
+
+def test_missing_or_empty_data_folder_is_a_clear_error(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path / "o1", data="nowhere")) == 2
+    assert f"data folder {assets / 'nowhere' / 'train'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "train" / "n01").mkdir(parents=True)
+    assert run(train_drafter, args_for(assets, tmp_path / "o2", data=tmp_path / "empty")) == 2
+    assert f"{tmp_path / 'empty' / 'train'} has 1 class folders but no images" in capsys.readouterr().err
+
+
+def test_wrong_depths_and_draft_steps_are_clear_errors(assets, tmp_path, capsys):
+    argv = args_for(assets, tmp_path)
+    argv[argv.index("--init") + 1] = str(assets / "d3.pth")
+    assert run(train_drafter, argv) == 2
+    assert f"{assets / 'd3.pth'} holds a depth-3 VAR but depth 2 was requested" in capsys.readouterr().err
+    assert run(train_refiner, refiner_args(assets, tmp_path, "--teacher_depth", "4")) == 2
+    assert f"{assets / 'd3.pth'} holds a depth-3 VAR but depth 4" in capsys.readouterr().err
+    assert run(train_drafter, args_for(assets, tmp_path, "--draft_steps", "4")) == 2
+    assert "--draft_steps must be in 1..3" in capsys.readouterr().err
+
+
+def test_cli_exit_code_and_message(assets, tmp_path):
+    proc = subprocess.run([sys.executable, "train_drafter.py", *args_for(assets, tmp_path, data="nowhere")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+    help_text = subprocess.run([sys.executable, "train_refiner.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "KL(teacher || student)" in help_text and "lr x global_batch / 256" in help_text
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, monkeypatch, capsys):
+    real = train_drafter.drafter_ce
+    calls = []
+
+    def poisoned(*a):  # the 7th micro-batch (step 3, grad_accum 2) turns NaN
+        calls.append(1)
+        return real(*a) * (float("nan") if len(calls) >= 7 else 1.0)
+
+    monkeypatch.setattr(train_drafter, "drafter_ce", poisoned)
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "6", "--save_every", "2")) == 1
+    err = capsys.readouterr().err
+    assert "the loss is nan in optimizer step 4" in err and str(tmp_path / "ckpt_last.pth") in err
+    ckpt = torch.load(tmp_path / "ckpt_last.pth", weights_only=True)
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for k, v in ckpt["model"].items() if k != "attn_bias_for_masking")
+    assert not (tmp_path / f"drafter_{N}.pth").exists()
+    monkeypatch.setattr(train_drafter, "drafter_ce", real)  # the real thing: a learning rate of 1e30 diverges
+    huge = args_for(assets, tmp_path / "huge", "--max_steps", "6", "--save_every", "1", "--lr", "1e30")
+    assert run(train_drafter, huge) == 1
+    assert re.search(r"the (loss|gradient norm) is (nan|inf) in optimizer step 2", capsys.readouterr().err)
+    assert torch.load(tmp_path / "huge" / "ckpt_last.pth", weights_only=True)["step"] == 1
+
+
+def test_schedule_flags_drive_the_logged_lr(assets, tmp_path):
+    flags = ["--max_steps", "5", "--lr", "0.1", "--schedule", "cosine", "--warmup_ratio", "0.4", "--min_lr_ratio",
+             "0.2", "--wd", "0.3", "--clip", "0"]
+    assert run(train_drafter, args_for(assets, tmp_path, *flags)) == 0
+    sched = LRSchedule(scaled_lr(0.1, 4), 5, 2, "cosine", 0.2)
+    assert [r["lr"] for r in log_records(tmp_path)] == pytest.approx([sched(s) for s in range(5)])
+    groups = torch.load(tmp_path / "ckpt_last.pth", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0] and groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_epochs_set_the_run_length_and_clip_limits_the_update(assets, tmp_path):
+    # 12 images, global batch 4: 3 steps per epoch, --epochs 0.7 -> round(2.1) = 2 steps
+    assert run(train_drafter, args_for(assets, tmp_path / "a", "--epochs", "0.7", "--lr", "0.5", "--wd", "0")) == 0
+    assert [r["step"] for r in log_records(tmp_path / "a")] == [1, 2]
+    assert run(train_drafter, args_for(assets, tmp_path / "b", "--epochs", "0.7", "--lr", "0.5", "--wd", "0", "--clip", "1e-12")) == 0
+    init = weights(assets / "d2.pth")["head.weight"]
+    moved = (weights(tmp_path / "a" / f"drafter_{N}.pth")["head.weight"] - init).abs().max()
+    clipped = (weights(tmp_path / "b" / f"drafter_{N}.pth")["head.weight"] - init).abs().max()
+    assert clipped < 1e-2 * moved  # a gradient norm of 1e-12 is far below Adam's eps: the weights barely move
+
+
+def test_seed_fixes_the_run(assets, tmp_path):
+    flags = ["--max_steps", "1", "--hflip", "--cond_drop", "0.5", "--lr", "0.5"]
+    by_name = ["--init", "d2.pth", "--ckpt_dir", str(assets)]  # --init by name, found in --ckpt_dir
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert run(train_drafter, args_for(assets, tmp_path / name, *flags, "--seed", seed, *by_name)) == 0
+    a, b, c = (weights(tmp_path / n / f"drafter_{N}.pth")["head.weight"] for n in "abc")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_runs(assets, tmp_path, dtype):
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "2", "--dtype", dtype, "--lr", "0.5")) == 0
+    ckpt = torch.load(tmp_path / "ckpt_last.pth", weights_only=True)
+    assert ("scale" in ckpt["scaler"]) == (dtype == "fp16")  # fp16 trains with a gradient scaler
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(np.isfinite(r["loss"]) for r in log_records(tmp_path))
+
+
+def test_refiner_flags_validation_and_loss_mix(assets, tmp_path):
+    flags = ["--max_steps", "2", "--ce_weight", "0.5", "--kd_temperature", "2", "--eval_every", "1"]
+    assert run(train_refiner, refiner_args(assets, tmp_path, *flags)) == 0
+    records = log_records(tmp_path)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in val] == [1, 2] and all(r["val_kd"] > 0 for r in val)
+    for r in train + [{k[4:]: v for k, v in r.items() if k.startswith("val_")} for r in val]:
+        assert r["loss"] == pytest.approx(r["kd"] + 0.5 * r["ce"], rel=1e-5)

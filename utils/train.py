@@ -1,0 +1,136 @@
+"""The training loop shared by the drafter and the refiner: accumulation, autocast, scaler, clipping, checks.
+
+The role-specific part is a `StepFn(model, batch, step) -> (loss, {name: detached tensor})`; the loop owns
+everything else. One optimizer step reads `grad_accum` micro-batches per rank; each micro-batch loss is a
+mean over its tokens divided by grad_accum, and DDP averages over ranks, so a step's gradient is the mean
+over the global batch whatever the world size.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from models.vqvae import VQVAE
+from utils.dist import DistInfo
+from utils.optim import LRSchedule, set_lr
+from utils.train_state import reseed
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the run stops before the update is applied."""
+
+
+@dataclass
+class Batch:
+    labels_B: torch.Tensor  # class ids, dropped ones replaced by the null class
+    gt_BL: torch.Tensor  # ground-truth tokens of all K scales, flattened
+    inputs: torch.Tensor  # (B, L - p_0^2, Cvae) teacher-forcing inputs
+
+
+StepFn = Callable[[nn.Module, Batch, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+@torch.no_grad()
+def make_batch(vae: VQVAE, images, labels, drop, null_class: int, device: torch.device) -> Batch:
+    """Images -> ground-truth token maps and teacher-forcing inputs with the frozen VQVAE (float32)."""
+    images = images.to(device, non_blocking=True)
+    with torch.autocast(device.type, enabled=False):
+        tokens = vae.img_to_tokens(images)
+        inputs = vae.tokens_to_var_input(tokens)
+    labels = torch.where(drop, null_class, labels).to(device)
+    return Batch(labels, torch.cat(tokens, 1), inputs)
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int
+    grad_accum: int
+    clip: float  # max gradient norm; 0 disables clipping (the norm is still logged)
+    autocast_dtype: torch.dtype | None  # None: float32
+    seed: int
+    tokens_per_sample: int  # for tokens/s
+
+
+@dataclass
+class Trainer:
+    model: nn.Module  # DistributedDataParallel or the bare VAR
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    schedule: LRSchedule
+    step_fn: StepFn
+    prepare: Callable[[tuple], Batch]  # a collated micro-batch -> Batch on the device
+    info: DistInfo
+    settings: LoopSettings
+
+    def autocast(self):
+        dtype = self.settings.autocast_dtype
+        return torch.autocast(self.info.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def train_step(self, step: int, batches: Iterator) -> dict[str, float]:
+        """One optimizer step; raises NonFiniteLoss before touching the weights if anything is NaN/inf."""
+        s, model, opt = self.settings, self.model, self.optimizer
+        lr = self.schedule(step)
+        set_lr(opt, lr)
+        reseed(s.seed, self.info.rank, step)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(s.grad_accum):
+            batch = self.prepare(next(batches))
+            last = i == s.grad_accum - 1
+            with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+                with self.autocast():
+                    loss, parts = self.step_fn(model, batch, step)
+                scaled = loss / s.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0) + v.double() / s.grad_accum
+        metrics = reduce_over_ranks(sums, self.info.device)
+        if not math.isfinite(metrics["loss"]):
+            raise NonFiniteLoss(f"the loss is {metrics['loss']} in optimizer step {step + 1} (lr {lr:.3g})")
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), s.clip if s.clip > 0 else math.inf))
+        if self.scaler is None and not math.isfinite(norm):
+            raise NonFiniteLoss(f"the gradient norm is {norm} in optimizer step {step + 1} (lr {lr:.3g})")
+        if self.scaler is not None:
+            self.scaler.step(opt)  # skips the update when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            opt.step()
+        return {**metrics, "lr": lr, "grad_norm": norm}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, step: int) -> dict[str, float]:
+        """Mean losses over the (sharded) validation split, weighted by batch size."""
+        model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), dtype=torch.float64, device=self.info.device)
+        for collated in loader:
+            batch = self.prepare(collated)
+            with self.autocast():
+                loss, parts = self.step_fn(model, batch, step)
+            n = batch.labels_B.shape[0]
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0) + v.double() * n
+            count += n
+        totals = reduce_over_ranks({"count": count, **sums}, self.info.device, mean=False)
+        count = max(totals.pop("count"), 1.0)
+        return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+def reduce_over_ranks(values: dict[str, torch.Tensor], device: torch.device, mean: bool = True) -> dict[str, float]:
+    """Sum (or average) scalars over ranks in one all-reduce; every rank must pass the same keys."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values.values()])
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        if mean:
+            t /= dist.get_world_size()
+    return dict(zip(values, t.tolist()))
+

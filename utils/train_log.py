@@ -1,0 +1,70 @@
+"""Training logs from rank 0: a tqdm-friendly stderr handler, OUTPUT_DIR/train.log and OUTPUT_DIR/log.jsonl."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils.dist import DistInfo
+
+log = logging.getLogger("code.train")
+CURRENT = ("lr", "lambda")  # logged at the current step; the other metrics are averaged since the last line
+
+
+class TqdmHandler(logging.Handler):
+    """Writes above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(info: DistInfo, output_dir: Path) -> None:
+    """Rank 0 logs to stderr and OUTPUT_DIR/train.log; other ranks report errors only."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s" if info.is_main else f"[rank {info.rank}] %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [TqdmHandler()]
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(output_dir / "train.log"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO if info.is_main else logging.ERROR)
+
+
+class MetricLog:
+    """Collects per-step metrics and writes one line every `every` steps (and on demand) from rank 0."""
+
+    def __init__(self, info: DistInfo, output_dir: Path, total_steps: int, steps_per_epoch: int):
+        self.info, self.path, self.total, self.spe = info, output_dir / "log.jsonl", total_steps, steps_per_epoch
+        self.window: dict[str, list[float]] = {}
+        self.t, self.tokens = time.perf_counter(), 0
+
+    def add(self, metrics: dict[str, float], tokens: int) -> None:
+        for k, v in metrics.items():
+            self.window.setdefault(k, []).append(v)
+        self.tokens += tokens
+
+    def flush(self, step: int) -> None:
+        """One line with the window's means, lr / lambda at `step`, and tokens per second since the last line."""
+        now = time.perf_counter()
+        record = {k: v[-1] if k in CURRENT else sum(v) / len(v) for k, v in self.window.items()}
+        record["tok_s"] = self.tokens / max(now - self.t, 1e-9)
+        self.window, self.t, self.tokens = {}, now, 0
+        self.write(step, record)
+
+    def write(self, step: int, record: dict[str, float]) -> None:
+        if not self.info.is_main:
+            return
+        record = {"step": step, "epoch": round(step / self.spe, 4), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        text = " | ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
+        log.info("step %d/%d | %s", step, self.total, text)

@@ -1,0 +1,86 @@
+"""Training checkpoints (resume exactly) and the plain exported state dict (load with models.load_var).
+
+A training checkpoint holds only tensors, dicts, lists, numbers and strings, so torch.load(weights_only=True)
+reads it; `read_state_dict` / `load_var` also accept it directly (they take its 'model' entry).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from models.var import VAR, VARConfig
+from utils.checkpoint import CheckpointError, atomic_save, load_weights_only
+
+CKPT_NAME = "ckpt_last.pth"
+# Flags that fix the data order, the schedules and the objective: a resumed run must use the same values.
+RECIPE_KEYS = ("role", "draft_steps", "global_batch", "total_steps", "seed", "lr", "wd", "schedule", "warmup_ratio",
+               "min_lr_ratio", "cond_drop", "hflip", "clip", "dtype", "drop_path", "teacher_depth", "kd_temperature",
+               "ce_weight")
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed from (seed, rank, step): the RNG stream of every step is fixed, so resume is exact."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def reseed(seed: int, rank: int, step: int) -> None:
+    """Seed torch's CPU and CUDA generators (drop path draws from them) for one optimizer step."""
+    torch.manual_seed(step_seed(seed, rank, step))
+
+
+def rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch_cpu": torch.get_rng_state(), "torch_cuda": cuda}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if state["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: VAR, optimizer, scaler, step: int, data: dict,
+                    recipe: dict, extra: dict | None = None) -> None:
+    """Everything --resume needs; written to a temporary file then renamed."""
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "step": step, "epoch": data["epoch"],
+                 "data": data, "rng": rng_state(), "config": model.config.to_dict(), "recipe": recipe,
+                 **(extra or {})}, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume checkpoint {path} does not exist")
+    ckpt = load_weights_only(path)
+    missing = [k for k in ("model", "optimizer", "step", "config", "recipe", "data") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of these scripts (no {', '.join(missing)}); "
+                              "to start from plain weights use --init")
+    return ckpt
+
+
+def check_recipe(saved: dict, current: dict, path) -> None:
+    """A resumed run continues the same recipe; refuse silently different schedules or data order."""
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in RECIPE_KEYS
+            if saved.get(k) != current.get(k)]
+    if diff:
+        raise CheckpointError(f"{path} was written by a different training recipe; pass the same flags to resume:\n  "
+                              + "\n  ".join(diff))
+
+
+def model_from_checkpoint(ckpt: dict) -> VAR:
+    with torch.device("meta"):
+        model = VAR(VARConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"], strict=True, assign=True)
+    return model
+
+
+def export_weights(model: VAR, path: str | os.PathLike) -> None:
+    """The official layout: exactly VAR.state_dict(), float32, nothing else."""
+    atomic_save({k: v.detach().float() if v.is_floating_point() else v.detach()
+                 for k, v in model.state_dict().items()}, path)
