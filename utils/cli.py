@@ -1,0 +1,160 @@
+"""Command-line helpers shared by the scripts: sampling and device flags, their parsing, and clean error exits.
+
+Errors a user can fix (a bad flag value found after the models are loaded, a missing checkpoint, an unwritable
+folder) end the script with `error: ...` on stderr and exit status 1; argparse's own errors exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models.sampling import SamplingConfig
+from utils.checkpoint import CheckpointError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class UsageError(Exception):
+    """A problem with the command's inputs, reported as one line without a traceback."""
+
+
+def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    try:
+        main(args)
+    except (UsageError, CheckpointError, OSError) as e:  # OSError: missing checkpoint, unwritable folder, full disk
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def setup_logging(is_main: bool = True) -> None:
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s")
+
+
+# ---- argument types ---------------------------------------------------------------------------------
+def per_scale(kind: type) -> Callable[[str], object]:
+    """'600' -> 600; '1.1,1.1,1.0' -> a list; 'v*n' repeats: '1.1*7,1.0*3' is the published temperature list."""
+    def parse(text: str):
+        values = []
+        for part in text.split(","):
+            value, _, count = part.partition("*")
+            try:
+                values += [kind(value)] * (int(count) if count else 1)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} or a comma list of them "
+                                                 "(per scale; 'v*n' repeats v n times)") from None
+        return values[0] if len(values) == 1 and "*" not in text and "," not in text else values
+    parse.__name__ = f"per-scale {kind.__name__}"
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """'207,360' or '0-9,20' (inclusive ranges) -> a list of integers >= 0."""
+    out = []
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if dash:
+            start, stop = non_negative_int(lo), non_negative_int(hi)
+            if stop < start:
+                raise argparse.ArgumentTypeError(f"range {part!r} is empty")
+            out += range(start, stop + 1)
+        else:
+            out.append(non_negative_int(part))
+    return out
+
+
+# ---- argument groups --------------------------------------------------------------------------------
+def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top_p, temperature: str,
+                      seed: int) -> None:
+    g = parser.add_argument_group("sampling (top_k, top_p, temperature: a number, or a comma list with one "
+                                  "value per scale)")
+    g.add_argument("--cfg", type=float, default=cfg, help=f"classifier-free guidance scale (default {cfg})")
+    g.add_argument("--top_k", type=per_scale(int), default=top_k, help=f"0 disables it (default {top_k})")
+    g.add_argument("--top_p", type=per_scale(float), default=top_p, help=f"1 keeps every token (default {top_p})")
+    g.add_argument("--temperature", type=per_scale(float), default=None, help=f"(default {temperature})")
+    g.add_argument("--seed", type=non_negative_int, default=seed, help=f"random seed (default {seed})")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("device")
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="compute precision: fp32 weights, generation under torch.autocast with this dtype as "
+                        "published (default fp16 on CUDA, fp32 on CPU; fp32 turns autocast off)")
+
+
+def code_temperature(num_scales: int) -> list[float]:
+    """The published CoDe schedule: 1.1 on all scales but the last three, 1.0 on those ([1.1]*7 + [1.0]*3)."""
+    fine = min(3, num_scales)
+    return [1.1] * (num_scales - fine) + [1.0] * fine
+
+
+def sampling_config(args: argparse.Namespace, num_scales: int, default_temperature) -> SamplingConfig:
+    temperature = args.temperature if args.temperature is not None else default_temperature
+    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=temperature)
+    try:
+        sampling.validate(num_scales)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None  # the messages start with the field's name
+    return sampling
+
+
+def resolve_device(text: str | None) -> torch.device:
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text!r} is not a device (cuda, cuda:N or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(text: str | None, device: torch.device) -> torch.dtype:
+    return DTYPES[text] if text is not None else (torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def check_labels(labels: list[int], num_classes: int, flag: str) -> None:
+    bad = [c for c in labels if not 0 <= c < num_classes]
+    if bad:
+        raise UsageError(f"{flag}: class {bad[0]} is not in 0..{num_classes - 1} (the model has {num_classes} classes)")
+
+
+def writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and check that a file can be written there, before any model is loaded."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
+    return path

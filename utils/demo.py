@@ -1,0 +1,61 @@
+"""What infer_original.py and infer_CoDe.py share: labels, the timed run, the grid and the report."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from models.generation import TokenEdit
+from models.sampling import SamplingConfig
+from utils.cli import add_device_args, check_labels, int_list, positive_int, resolve_device, resolve_dtype, writable_dir
+from utils.cli_models import Chain
+from utils.images import make_grid, save_png, to_uint8
+from utils.timing import Timing, timed_generation
+
+log = logging.getLogger(__name__)
+
+# the published demo's labels: two images each of eight classes
+DEMO_LABELS = [992, 992, 483, 483, 970, 970, 609, 609, 978, 978, 985, 985, 963, 963, 949, 949]
+
+
+def add_demo_args(parser: argparse.ArgumentParser, output: str) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--class_labels", type=int_list, nargs="+", default=None,
+                   help="class ids, space or comma separated (default: the published demo's 16 labels)")
+    g.add_argument("--batch_size", type=positive_int, default=None,
+                   help="number of images, cycling through the labels (default: one per label)")
+    g.add_argument("--output", default=output, help=f"the PNG grid, 8 images per row (default {output})")
+    add_device_args(parser)
+
+
+def flatten_labels(args: argparse.Namespace) -> argparse.Namespace:
+    args.class_labels = DEMO_LABELS if args.class_labels is None else [c for part in args.class_labels for c in part]
+    return args
+
+
+def prepare(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype, and the output folder checked before anything slow happens."""
+    device = resolve_device(args.device)
+    writable_dir(Path(args.output).resolve().parent)
+    return device, resolve_dtype(args.dtype, device)
+
+
+def demo_labels(args: argparse.Namespace, chain: Chain, device: torch.device) -> torch.Tensor:
+    check_labels(args.class_labels, chain.num_classes, "--class_labels")
+    n = args.batch_size or len(args.class_labels)
+    return torch.tensor([args.class_labels[i % len(args.class_labels)] for i in range(n)], device=device)
+
+
+def run_demo(args: argparse.Namespace, chain: Chain, sampling: SamplingConfig, labels: torch.Tensor,
+             device: torch.device, dtype: torch.dtype, edit: TokenEdit | None = None) -> tuple[torch.Tensor, Timing]:
+    """Generate, save the grid and print the report; returns the images in [0, 1] and the timing."""
+    images, timing = timed_generation(chain, labels, sampling, args.seed, device, dtype, edit)
+    save_png(make_grid(to_uint8(images)), args.output)
+    precision = str(dtype).removeprefix("torch.")
+    print(f"{' -> '.join(chain.files[:-1])}: {labels.shape[0]} images of {images.shape[-1]}x{images.shape[-2]}, "
+          f"{device} {precision}")
+    print(timing.report())
+    print(f"saved {args.output}")
+    return images, timing

@@ -1,0 +1,89 @@
+"""Image I/O without torchvision: uint8 conversion, grids, atomic PNG writes, and loading a square input image."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] -> (B, H, W, 3) uint8, rounded to nearest as torchvision's save_image does."""
+    x = images_B3HW.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(images_BHW3: np.ndarray, nrow: int = 8, padding: int = 0, pad_value: int = 255) -> np.ndarray:
+    """Tile B images row by row, `nrow` per row (the published demos use nrow=8, padding=0)."""
+    B, H, W, C = images_BHW3.shape
+    cols = min(nrow, B)
+    rows = -(-B // cols)
+    grid = np.full((rows * (H + padding) + padding, cols * (W + padding) + padding, C), pad_value, np.uint8)
+    for i, img in enumerate(images_BHW3):
+        y, x = padding + (i // cols) * (H + padding), padding + (i % cols) * (W + padding)
+        grid[y:y + H, x:x + W] = img
+    return grid
+
+
+def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG under a temporary name in the same folder, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image_HW3).save(f, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def square(im: Image.Image, size: int, resample: int) -> Image.Image:
+    """Centre-crop to a square, then resize to size x size."""
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s)).resize((size, size), resample)
+
+
+def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB image as (1, 3, size, size) in [-1, 1] (centre crop + bicubic resize), and its original (w, h)."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    x = torch.from_numpy(np.asarray(square(rgb, size, Image.BICUBIC)).copy()).permute(2, 0, 1).float()
+    return x.div_(127.5).sub_(1).unsqueeze(0), rgb.size
+
+
+def load_mask(path: str | os.PathLike, original_size: tuple[int, int], size: int) -> torch.Tensor:
+    """A mask PNG the size of the input image (non-zero = generate) -> (1, size, size) bool, cropped alike."""
+    with Image.open(path) as im:
+        mask = im.convert("L")
+    if mask.size != tuple(original_size):
+        raise ValueError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but the image is "
+                         f"{original_size[0]}x{original_size[1]}: they must have the same size")
+    return mask_to_tensor(mask, size)
+
+
+def box_to_mask(box: tuple[int, int, int, int], original_size: tuple[int, int], size: int) -> torch.Tensor:
+    """A box x0,y0,x1,y1 in the input image's pixels (x1, y1 exclusive) -> (1, size, size) bool, cropped alike."""
+    (x0, y0, x1, y1), (w, h) = box, original_size
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"box {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} "
+                         "(pixels of the input image)")
+    mask = Image.new("L", (w, h), 0)
+    mask.paste(255, (x0, y0, x1, y1))
+    return mask_to_tensor(mask, size)
+
+
+def mask_to_tensor(mask: Image.Image, size: int) -> torch.Tensor:
+    # BOX resampling and `> 0`: a pixel of the resized mask is set if any source pixel under it is
+    small = np.asarray(square(mask, size, Image.BOX))
+    return torch.from_numpy(small > 0).unsqueeze(0)
