@@ -1,0 +1,68 @@
+"""Collaborative Decoding: a large drafter generates the first scales, a small refiner the rest.
+
+    python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8                  # fine-tuned pair
+    python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --training_free  # plain VARs
+    python infer_CoDe.py --image dog.jpg --mask 64,64,192,192 --class_labels 207 207            # inpainting
+
+Fine-tuned pairs drafter_<N>.pth / refiner_<N>.pth come from the Hugging Face repo Zigeng/VAR_CoDe (published
+for N = 6, 7, 8, 9 with a d30 drafter and a d16 refiner); --training_free uses var_d<depth>.pth from
+FoundationVision/var instead. Weights stay float32; generation runs under torch.autocast(--dtype) as published.
+
+Editing (zero-shot inpainting, outpainting, class-conditional editing): --image is centre-cropped and resized to
+the model's resolution; --mask is a PNG the size of the image (non-zero = generate) or a box x0,y0,x1,y1 in the
+image's pixels. Tokens outside the mask keep the image's own encoding at every scale; each label gives one edit.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+from code.editing import expand_edit, make_edit
+from models.generation import TokenEdit
+from utils.cli import UsageError, add_sampling_args, code_temperature, exit_on_error, sampling_config, setup_logging
+from utils.cli_models import Chain, add_code_args, load_code
+from utils.demo import add_demo_args, demo_labels, flatten_labels, prepare, run_demo
+from utils.images import box_to_mask, load_image, load_mask
+
+BOX = re.compile(r"\d+,\d+,\d+,\d+")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_code_args(parser)
+    add_sampling_args(parser, cfg=4.0, top_k=600, top_p=0.95, temperature="1.1*7,1.0*3", seed=42)
+    add_demo_args(parser, output="output_code.png")
+    g = parser.add_argument_group("editing")
+    g.add_argument("--image", default=None, help="the image to edit")
+    g.add_argument("--mask", default=None, help="where to generate: a PNG path or a box x0,y0,x1,y1 in pixels")
+    args = parser.parse_args(argv)
+    if (args.image is None) != (args.mask is None):
+        parser.error("--image and --mask go together")
+    return flatten_labels(args)
+
+
+def load_edit(args: argparse.Namespace, chain: Chain, batch: int) -> TokenEdit:
+    size = chain.vae.config.image_size
+    try:
+        image, original = load_image(args.image, size)
+        if BOX.fullmatch(args.mask):
+            mask = box_to_mask(tuple(int(v) for v in args.mask.split(",")), original, size)
+        else:
+            mask = load_mask(args.mask, original, size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return expand_edit(make_edit(chain.vae, image, mask), batch)
+
+
+def main(args: argparse.Namespace):
+    setup_logging()
+    device, dtype = prepare(args)
+    chain = load_code(args, device)
+    sampling = sampling_config(args, chain.num_scales, code_temperature(chain.num_scales))
+    labels = demo_labels(args, chain, device)
+    edit = load_edit(args, chain, labels.shape[0]) if args.image is not None else None
+    return run_demo(args, chain, sampling, labels, device, dtype, edit)
+
+
+if __name__ == "__main__":
+    exit_on_error(main, parse_args())

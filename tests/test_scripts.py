@@ -1,0 +1,219 @@
+"""infer_original.py and infer_CoDe.py end to end on tiny models: flags reach the library, errors are clear."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer_CoDe
+import infer_original
+from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint
+from conftest import ROOT
+from models import generate, load_vae, load_var
+from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401 (fixtures)
+from utils.cli import UsageError, exit_on_error
+from utils.images import make_grid, read_png, to_uint8
+
+CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3
+
+
+def small_args(ckpts, *extra):
+    return ["--drafter_ckpt", str(ckpts["drafter"]), "--refiner_ckpt", str(ckpts["refiner"]),
+            "--vae_ckpt", str(ckpts["vae"]), "--device", "cpu", *extra]
+
+
+def load_small(ckpts):
+    drafter, refiner = load_var(ckpts["drafter"]).eval(), load_var(ckpts["refiner"]).eval()
+    return load_vae(ckpts["vae"], patch_nums=drafter.config.patch_nums), drafter, refiner
+
+
+def run(module, argv):
+    return module.main(module.parse_args(argv))
+
+
+def grid_of(images):
+    return make_grid(to_uint8(images))
+
+
+def test_infer_original_by_depth_matches_the_library(hub, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    run(infer_original, ["--model_depth", "30", "--class_labels", "1,3", "--cfg", "2.5", "--top_k", "50",
+                         "--top_p", "0.9", "--temperature", "1.2", "--seed", "7", "--output", str(out), "--device",
+                         "cpu"])
+    vae, (var,) = load_published(hub, "var_d30.pth")
+    expected = generate(vae, [var], [10], [1, 3], seed=7, cfg=2.5, top_k=50, top_p=0.9, temperature=1.2)
+    grid = read_png(out)
+    assert grid.shape == (32, 64, 3) and grid.dtype == np.uint8
+    assert np.array_equal(grid, grid_of(expected))
+    report = capsys.readouterr().out
+    assert "var_d30.pth: 2 images of 32x32, cpu float32" in report
+    assert "latency without the VQVAE decoder" in report and "latency with the VQVAE decoder" in report
+    assert "images/s" in report and "peak GPU memory: n/a" in report
+
+
+def test_infer_original_defaults_are_the_published_ones(hub, tmp_path):
+    out = tmp_path / "grid.png"
+    run(infer_original, ["--class_labels", "4", "--output", str(out), "--device", "cpu"])
+    vae, (var,) = load_published(hub, "var_d30.pth")
+    expected = generate(vae, [var], [10], [4], seed=42, cfg=1.5, top_k=900, top_p=0.96)
+    assert np.array_equal(read_png(out), grid_of(expected))
+
+
+@pytest.mark.parametrize("training_free", [False, True])
+def test_infer_code_loads_the_published_pair(hub, tmp_path, training_free):
+    out = tmp_path / "grid.png"
+    run(infer_CoDe, ["--drafter_depth", "30", "--refiner_depth", "16", "--draft_steps", "8", "--class_labels", "5",
+                     "9", "--output", str(out), "--device", "cpu"] + ["--training_free"] * training_free)
+    names = ("var_d30.pth", "var_d16.pth") if training_free else ("drafter_8.pth", "refiner_8.pth")
+    vae, (drafter, refiner) = load_published(hub, *names)
+    expected = collaborative_generate(drafter, refiner, vae, [5, 9], draft_steps=8, seed=42, cfg=4.0, top_k=600,
+                                      top_p=0.95, temperature=CODE_TEMPERATURE)
+    assert np.array_equal(read_png(out), grid_of(expected))
+
+
+def test_infer_code_from_ckpt_dir_without_the_hub(offline_hf_cache, published_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    run(infer_CoDe, ["--ckpt_dir", str(published_ckpts["var_d30.pth"].parent), "--training_free", "--draft_steps",
+                     "10", "--class_labels", "2", "--output", str(out), "--device", "cpu"])
+    vae, (var,) = load_published(published_ckpts, "var_d30.pth")  # draft steps 10: the drafter alone
+    expected = generate(vae, [var], [10], [2], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=CODE_TEMPERATURE)
+    assert np.array_equal(read_png(out), grid_of(expected))
+
+
+def test_every_sampling_flag_and_batch_cycling(small_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1,2", "--batch_size", "5",
+                               "--cfg", "3", "--top_k", "0,20,30,5", "--top_p", "0.8", "--temperature", "1.3*2,0.9*2",
+                               "--seed", "11", "--output", str(out)))
+    vae, drafter, refiner = load_small(small_ckpts)
+    expected = collaborative_generate(drafter, refiner, vae, [1, 2, 1, 2, 1], draft_steps=2, seed=11, cfg=3.0,
+                                      top_k=[0, 20, 30, 5], top_p=0.8, temperature=[1.3, 1.3, 0.9, 0.9])
+    assert read_png(out).shape == (8, 40, 3)
+    assert np.array_equal(read_png(out), grid_of(expected))
+
+
+@pytest.mark.parametrize("steps, unused", [("0", "drafter"), ("4", "refiner")])
+def test_a_model_that_generates_no_scale_is_not_loaded(small_ckpts, tmp_path, steps, unused):
+    out = tmp_path / "grid.png"
+    ckpts = {**small_ckpts, unused: tmp_path / "absent.pth"}
+    run(infer_CoDe, small_args(ckpts, "--draft_steps", steps, "--class_labels", "6", "--output", str(out)))
+    vae, drafter, refiner = load_small(small_ckpts)
+    alone = refiner if unused == "drafter" else drafter
+    expected = alone.generate(vae, [6], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
+    assert np.array_equal(read_png(out), grid_of(expected))
+
+
+def test_dtype_runs_generation_under_autocast(small_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    images, _ = run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "1", "--class_labels", "3", "--dtype", "bf16",
+                                           "--output", str(out)))
+    vae, drafter, refiner = load_small(small_ckpts)
+    assert drafter.head.weight.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = CollaborativeDecoder(vae, [drafter, refiner], 1).state([3], seed=42, cfg=4.0, top_k=600, top_p=0.95,
+                                                                      temperature=[1.1, 1.0, 1.0, 1.0])
+        expected = vae.fhat_to_img(state.f_hat)
+    assert expected.dtype == torch.bfloat16
+    assert np.array_equal(read_png(out), grid_of(expected.float().add(1).mul(0.5)))
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+
+
+def test_inpainting_with_a_box_or_a_mask_png(small_ckpts, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)).save(tmp_path / "in.png")  # 12 wide
+    mask = np.zeros((8, 12), np.uint8)
+    mask[0:4, 2:6] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    flags = ["--draft_steps", "2", "--class_labels", "4", "7", "--image", str(tmp_path / "in.png"), "--seed", "3"]
+    run(infer_CoDe, small_args(small_ckpts, *flags, "--mask", "2,0,6,4", "--output", str(tmp_path / "box.png")))
+    run(infer_CoDe, small_args(small_ckpts, *flags, "--mask", str(tmp_path / "mask.png"), "--output",
+                               str(tmp_path / "png.png")))
+    vae, drafter, refiner = load_small(small_ckpts)
+    source = torch.from_numpy(np.asarray(Image.open(tmp_path / "in.png"))[:, 2:10].copy())  # centre crop
+    source = source.permute(2, 0, 1)[None].float().div(127.5).sub(1)
+    expected = inpaint(vae, [drafter, refiner], 2, source, box_mask(8, (0, 0, 4, 4)), [4, 7], seed=3, cfg=4.0,
+                       top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
+    assert np.array_equal(read_png(tmp_path / "box.png"), grid_of(expected))
+    assert np.array_equal(read_png(tmp_path / "png.png"), grid_of(expected))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--draft_steps", "5"], "add --training_free"),
+    (["--draft_steps", "8", "--drafter_depth", "24"], "no published fine-tuned CoDe drafter"),
+    (["--training_free", "--class_labels", "10"], "class 10 is not in 0..9"),
+    (["--training_free", "--top_k", "1,2,3"], "--top_k has 3 entries but there are 10 scales"),
+    (["--training_free", "--cfg", "-1"], "--cfg must be a number >= 0"),
+])
+def test_bad_values_found_after_parsing(hub, tmp_path, argv, message):
+    with pytest.raises(UsageError, match=message):
+        run(infer_CoDe, argv + ["--output", str(tmp_path / "g.png"), "--device", "cpu"])
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_explicit_checkpoint_checked_against_the_depth_flag(small_ckpts, tmp_path):
+    with pytest.raises(UsageError, match="drafter: .* holds a depth-2 VAR but depth 30 was requested"):
+        run(infer_CoDe, small_args(small_ckpts, "--drafter_depth", "30", "--output", str(tmp_path / "g.png")))
+    with pytest.raises(UsageError, match="--draft_steps 6 exceeds the 4 scales"):
+        run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "6", "--output", str(tmp_path / "g.png")))
+
+
+def test_missing_checkpoint_offline_says_what_to_download(offline_hf_cache, tmp_path):
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download FoundationVision/var var_d16.pth"):
+        run(infer_original, ["--model_depth", "16", "--output", str(tmp_path / "g.png"), "--device", "cpu"])
+
+
+def test_unwritable_output_folder_fails_before_loading(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UsageError, match="cannot write to the output folder"):
+        run(infer_original, ["--output", str(tmp_path / "file" / "g.png"), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("argv", [["--model_depth", "17"], ["--top_k", "many"], ["--class_labels", "-1"],
+                                  ["--batch_size", "0"], ["--dtype", "fp8"]])
+def test_argparse_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        infer_original.parse_args(argv)
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--draft_steps", "11"], ["--image", "x.png"], ["--mask", "0,0,1,1"]])
+def test_code_argparse_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        infer_CoDe.parse_args(argv)
+    assert e.value.code == 2
+
+
+def test_exit_on_error_prints_one_line_and_exits_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        exit_on_error(infer_original.main, infer_original.parse_args(["--output", str(tmp_path / "g.png"),
+                                                                      "--device", "nope"]))
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: --device 'nope' is not a device (cuda, cuda:N or cpu)\n"
+
+
+# ---- real processes ---------------------------------------------------------------------------------
+def script(*argv, env=None):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("name, flag", [("infer_original.py", "--model_depth"), ("infer_CoDe.py", "--training_free"),
+                                        ("sample_CoDe.py", "--per_class")])
+def test_help(name, flag):
+    r = script(name, "--help")
+    assert r.returncode == 0 and flag in r.stdout and "--dtype" in r.stdout, r.stderr
+
+
+def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path):
+    r = script("infer_original.py", "--class_labels", "1", "--output", str(tmp_path / "a.png"), "--device", "cpu")
+    assert r.returncode == 0 and read_png(tmp_path / "a.png").shape == (32, 32, 3), r.stderr
+    r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2",
+                                            "--output", str(tmp_path / "b.png")))
+    assert r.returncode == 0 and read_png(tmp_path / "b.png").shape == (8, 16, 3), r.stderr
+    assert "latency with the VQVAE decoder" in r.stdout
+    r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "12", "--output",
+                                            str(tmp_path / "c.png")))
+    assert r.returncode == 1 and r.stderr.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)")
+    r = script("infer_CoDe.py", "--draft_steps", "11")
+    assert r.returncode == 2 and "invalid choice: 11" in r.stderr
