@@ -10,6 +10,15 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        """A cache on preallocated (B, H, T, c) tensors, e.g. views of an arena that outlives one generation."""
+        if k.shape != v.shape or k.dtype != v.dtype or k.ndim != 4:
+            raise ValueError(f"keys {tuple(k.shape)} {k.dtype} and values {tuple(v.shape)} {v.dtype} must match")
+        cache = cls.__new__(cls)
+        cache.k, cache.v = k, v
+        return cache
+
     @property
     def length(self) -> int:
         return self.k.shape[2]

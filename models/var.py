@@ -92,12 +92,13 @@ class VAR(nn.Module):
         x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         return x + lvl_pos
 
-    def hidden(self, x: torch.Tensor, cond_BD: torch.Tensor, bg: int, ed: int) -> torch.Tensor:
-        """Run the blocks on tokens [bg, ed), attending block-causally to [0, ed) (cached or in x)."""
+    def hidden(self, x: torch.Tensor, cond_BD: torch.Tensor, bg: int, ed: int, blocks=None) -> torch.Tensor:
+        """Run the blocks on tokens [bg, ed), attending block-causally to [0, ed) (cached or in x).
+        `blocks` replaces self.blocks by callables with the same signature (the fast path's compiled blocks)."""
         mask = None
         if (bg, ed) not in self._single_scale_spans:
             mask = self.attn_bias_for_masking[:, :, bg:ed, :ed]
-        for block in self.blocks:
+        for block in self.blocks if blocks is None else blocks:
             x = block(x, cond_BD, mask, bg, ed)
         return x
 
