@@ -1,0 +1,295 @@
+"""Latency, throughput and memory of VAR and CoDe at the published settings: eager path vs fast path.
+
+    python benchmarks/benchmark.py                      # every case, batch 64, on the GPU (random weights)
+    python benchmarks/benchmark.py --cases var-d30,code-8 --no-eager --out results.md
+    python benchmarks/benchmark.py --tiny --device cpu  # smoke run of the whole script with tiny models
+
+Weights are random (the speed does not depend on their values): models are built on the meta device and
+materialised directly on the target device. The eager path is the published-like configuration (fp32 weights
+under bf16 autocast, op by op); the fast path is models.fast (bf16 linear weights, compiled, CUDA graphs).
+Latency is the generation of all token maps for one batch (CFG on), without the VQVAE decoder as in the paper,
+and with it; CUDA events, median of --repeats runs after --warmup runs. The matmul floor is the FLOP count of
+all linear layers and attention (incl. the CFG-doubled batch) over a measured bf16 matmul rate.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.fast import FastPath, cast_linear_weights_  # noqa: E402
+from models.generation import generate_state  # noqa: E402
+from models.var import VAR, VARConfig, derived_buffers  # noqa: E402
+from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
+
+CASES = ("var-d30", "var-d16", "code-9", "code-8", "code-7", "code-6")
+VAR_SAMPLING = dict(cfg=1.5, top_k=900, top_p=0.96)
+CODE_SAMPLING = dict(cfg=1.5, top_k=600, top_p=0.96, temperature=[1.1] * 7 + [1.0] * 3)  # CoDe FID sampling
+TINY_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8)  # the published 10 scales, 32 px images
+TINY_VAR = dict(width=64, heads=2, num_classes=10, vocab_size=64, cvae=8)
+TINY_DEPTH = {30: 3, 16: 2}
+
+
+# ---- FLOP count -------------------------------------------------------------------------------------
+def pass_flops(c: VARConfig, k: int, bg: int, batch: int) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one pass of a VAR over tokens [bg, offsets[k+1]) for `batch` images.
+
+    CFG doubles the batch everywhere but in word_embed (the two halves share their inputs). Attention counts the
+    query-key pairs the block-causal mask allows: a token of scale j sees every token of scales 0..j.
+    """
+    offs, C, depth = c.offsets, c.width, c.depth
+    ed, B2, hidden = offs[k + 1], 2 * batch, round(c.width * c.mlp_ratio)
+    n, n_in = ed - bg, ed - max(bg, c.patch_nums[0] ** 2)
+    first = next(j for j in range(c.num_scales) if offs[j + 1] > bg)  # the first scale of the pass
+    pairs = sum((offs[j + 1] - max(offs[j], bg)) * offs[j + 1] for j in range(first, k + 1))
+    per_block = B2 * n * 2 * C * (3 * C + C + 2 * hidden) + B2 * 2 * C * 6 * C + B2 * pairs * 2 * 2 * C
+    head = B2 * 2 * C * 2 * C + B2 * (offs[k + 1] - offs[k]) * 2 * C * c.vocab_size
+    return batch * n_in * 2 * c.cvae * C + depth * per_block + head
+
+
+def chain_flops(configs: list[VARConfig], stops: list[int], batch: int) -> int:
+    """All passes of a chain: model i runs scales stops[i-1]..stops[i]-1, its first pass a prefill."""
+    total, start = 0, 0
+    for c, stop in zip(configs, stops):
+        for k in range(start, stop):
+            total += pass_flops(c, k, 0 if k == start else c.offsets[k], batch)
+        start = max(start, stop)
+    return total
+
+
+def matmul_rate(device: torch.device, n: int, repeats: int = 20) -> float:
+    """Measured FLOP/s of an n x n x n matmul (bf16 on CUDA, fp32 on the CPU), median of `repeats`."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)
+    pairs = [(torch.randn(n, n, device=device, dtype=dtype, generator=g),
+              torch.randn(n, n, device=device, dtype=dtype, generator=g)) for _ in range(3)]  # rotate: not the cache
+    times = []
+    for i in range(repeats + 3):
+        a, b = pairs[i % 3]
+        with Timer(device) as t:
+            a @ b
+        if i >= 3:
+            times.append(t.seconds)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+# ---- models with random weights ---------------------------------------------------------------------
+def materialise_(model: torch.nn.Module, device: torch.device, seed: int) -> torch.nn.Module:
+    """Meta -> device with random weights drawn there (std 0.02, norms at 1 / 0), in each tensor's own dtype."""
+    model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("scale_mul_1H11"):
+                p.fill_(torch.tensor(4.0).log().item())
+            elif isinstance(model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, torch.nn.GroupNorm):
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                p.normal_(0, 0.02, generator=g)
+        for name, b in model.named_buffers():
+            b.zero_()
+    return model.eval().requires_grad_(False)
+
+
+def random_var(depth: int, device: torch.device, linear_dtype: torch.dtype, tiny: bool, seed: int) -> VAR:
+    with torch.device("meta"):
+        model = VAR(VARConfig(depth=TINY_DEPTH.get(depth, depth), **(TINY_VAR if tiny else {})))
+    cast_linear_weights_(model, linear_dtype)  # on meta: free
+    materialise_(model, device, seed)
+    with torch.no_grad():
+        for name, value in derived_buffers(model.config).items():
+            model.get_buffer(name).copy_(value)
+    return model
+
+
+def random_vae(device: torch.device, tiny: bool) -> VQVAE:
+    with torch.device("meta"):
+        vae = VQVAE(VQVAEConfig(**(TINY_VAE if tiny else {})))
+    return materialise_(vae, device, seed=1)
+
+
+# ---- timing -----------------------------------------------------------------------------------------
+class Timer:
+    """CUDA events on the GPU (the work is asynchronous), a synchronised host clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+@dataclass
+class Result:
+    case: str
+    path: str
+    latency: float  # s, generation without the decoder (median)
+    decode: float  # s, the VQVAE decoder alone (median)
+    first_call: float  # s, the first call (compilation and graph capture for the fast path)
+    peak_gen: float | None  # bytes, during generation
+    peak_all: float | None  # bytes, generation then decoding
+    floor: float  # s, matmul FLOPs / measured matmul rate
+
+
+def measure(case: str, path: str, generate, decode, device, warmup: int, repeats: int, floor: float) -> Result:
+    with Timer(device) as first:
+        decode(generate().f_hat)
+    for _ in range(warmup - 1):
+        decode(generate().f_hat)
+    gen, dec = [], []
+    for _ in range(repeats):
+        with Timer(device) as t:
+            state = generate()
+        with Timer(device) as d:
+            decode(state.f_hat)
+        gen.append(t.seconds)
+        dec.append(d.seconds)
+    peak_gen = peak_all = None
+    if device.type == "cuda":
+        del state
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        state = generate()
+        torch.cuda.synchronize()
+        peak_gen = torch.cuda.max_memory_allocated()
+        decode(state.f_hat)
+        torch.cuda.synchronize()
+        peak_all = torch.cuda.max_memory_allocated()
+    return Result(case, path, statistics.median(gen), statistics.median(dec), first.seconds, peak_gen, peak_all, floor)
+
+
+# ---- cases ------------------------------------------------------------------------------------------
+def case_chain(case: str) -> tuple[list[int], list[int], dict]:
+    """(depths, stops, sampling) of a published configuration."""
+    if case.startswith("var-d"):
+        return [int(case[5:])], [10], VAR_SAMPLING
+    n = int(case.split("-")[1])
+    return [30, 16], [n, 10], CODE_SAMPLING
+
+
+def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> list[Result]:
+    depths, stops, sampling = case_chain(case)
+    linear_dtype = torch.float32 if args.eager or device.type != "cuda" else torch.bfloat16
+    models = [random_var(d, device, linear_dtype, args.tiny, seed=10 + i) for i, d in enumerate(depths)]
+    floor = chain_flops([m.config for m in models], stops, args.batch_size) / rate
+    labels = torch.randint(0, models[0].config.num_classes, (args.batch_size,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    results = []
+    if args.eager:  # published-like: fp32 weights, bf16 autocast, op by op
+        def eager_generate():
+            with autocast:
+                return generate_state(vae, models, stops, labels, seed=0, **sampling)
+
+        def eager_decode(f_hat):
+            with autocast:
+                return vae.fhat_to_img(f_hat).add_(1).mul_(0.5).float()
+        results.append(measure(case, "eager", eager_generate, eager_decode, device, args.warmup, args.repeats, floor))
+    fast = FastPath(vae, models, stops, compile=args.compile, cuda_graphs=args.graphs, decode_chunk=args.decode_chunk)
+    results.append(measure(case, "fast", lambda: generate_state(vae, models, stops, labels, seed=0, fast=fast,
+                                                                **sampling),
+                           fast.decode, device, args.warmup, args.repeats, floor))
+    del fast, models
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+# ---- report -----------------------------------------------------------------------------------------
+def table(results: list[Result], batch: int) -> str:
+    eager = {r.case: r for r in results if r.path == "eager"}
+    gb = lambda b: "n/a" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
+    lines = ["| case | path | latency (s) | + decoder (s) | decoder (s) | images/s | peak GB | peak GB + dec | "
+             "first call (s) | speed-up vs eager | x matmul floor | floor (s) | 50k images (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ref = eager.get(r.case)
+        vs_eager = f"{ref.latency / r.latency:.2f}x" if ref is not None and r.path != "eager" else "-"
+        total = r.latency + r.decode
+        lines.append(f"| {r.case} | {r.path} | {r.latency:.4f} | {total:.4f} | {r.decode:.4f} | "
+                     f"{batch / r.latency:.1f} | {gb(r.peak_gen)} | {gb(r.peak_all)} | {r.first_call:.1f} | "
+                     f"{vs_eager} | {r.latency / r.floor:.2f} | {r.floor:.4f} | {50000 / batch * total / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_size", type=int, default=64, help="images per batch (CFG doubles it inside)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda (default when present) or cpu (only with --tiny)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--no-eager", dest="eager", action="store_false", help="skip the slow eager baseline")
+    p.add_argument("--tiny", action="store_true", help="tiny models (depth 3 / 2, width 64) for a smoke run")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (the first compiles and captures)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                   help="fast path without torch.compile (default: compile on CUDA)")
+    p.add_argument("--no-graphs", dest="graphs", action="store_false", default=None,
+                   help="fast path without CUDA graphs (default: graphs on CUDA)")
+    p.add_argument("--decode_chunk", type=int, default=16, help="images per VQVAE decoder call in the fast path")
+    p.add_argument("--matmul_size", type=int, default=0, help="n of the n^3 matmul timed for the floor "
+                   "(default 8192 on CUDA, 256 on the CPU)")
+    p.add_argument("--out", type=Path, help="also write the Markdown report to this file")
+    args = p.parse_args(argv)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in args.cases if c not in CASES]
+    if bad or not args.cases:
+        p.error(f"unknown case(s) {bad}; choose from {','.join(CASES)}")
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 1:
+        p.error("--batch_size, --repeats and --warmup must be >= 1")
+    if torch.device(args.device).type == "cpu" and not args.tiny:
+        p.error("the published models on the CPU would take hours: use --tiny for a CPU smoke run")
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 work outside autocast (f_hat, phi) as on the published runs
+    rate = matmul_rate(device, args.matmul_size or (8192 if device.type == "cuda" else 256))
+    vae = random_vae(device, args.tiny)
+    results = []
+    for case in args.cases:
+        results += run_case(case, vae, args, device, rate)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    report = "\n".join([
+        f"{name}, torch {torch.__version__}, batch {args.batch_size} (CFG: {2 * args.batch_size} rows), "
+        f"{'tiny models, ' if args.tiny else ''}random weights; fast path: compile="
+        f"{args.compile if args.compile is not None else device.type == 'cuda'}, CUDA graphs="
+        f"{args.graphs if args.graphs is not None else device.type == 'cuda'}; "
+        f"measured matmul rate {rate / 1e12:.1f} TFLOP/s; median of {args.repeats} after {args.warmup} warm-up "
+        f"(first call = compile + capture for the fast path). 50k images: extrapolated from latency + decoder.",
+        "", table(results, args.batch_size), ""])
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
