@@ -72,6 +72,11 @@ def generate_images(chain: Chain, keys: list[ImageKey], sampling: SamplingConfig
     return to_uint8(torch.cat(images).float().add_(1).mul_(0.5))
 
 
+def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None:
+    for key, image in zip(keys, pixels):
+        save_png(image, images / key.filename)
+
+
 def settings(args: argparse.Namespace, chain: Chain, sampling: SamplingConfig, dtype: torch.dtype) -> dict:
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
@@ -102,8 +107,7 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     with tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            for key, image in zip(batch, generate_images(chain, batch, sampling, args.seed, device, dtype)):
-                save_png(image, images / key.filename)
+            write_images(images, batch, generate_images(chain, batch, sampling, args.seed, device, dtype))
             bar.update(len(batch))
     barrier()
     if not dist.is_main:

@@ -70,8 +70,9 @@ def inpaint(vae: VQVAE, models: Sequence[VAR], draft_steps: int | Sequence[int],
 
     `models` and `draft_steps` as for `CollaborativeDecoder` ([var] and [] for plain VAR, [drafter, refiner]
     and N for CoDe); other arguments (cfg, top_k, seed, return_tokens, ...) as for `models.generation.generate`.
-    One image and mask may serve several labels.
+    `labels`: a class id or a list / tensor of them; one image and mask may serve several labels.
     """
-    n = len(labels) if isinstance(labels, (list, tuple, torch.Tensor)) else image.shape[0]
-    edit = expand_edit(make_edit(vae, image, mask), n)
+    if isinstance(labels, int):
+        labels = [labels] * max(image.shape[0], mask.shape[0])
+    edit = expand_edit(make_edit(vae, image, mask), len(labels))
     return CollaborativeDecoder(vae, models, draft_steps)(labels, edit=edit, **kwargs)

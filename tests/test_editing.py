@@ -55,6 +55,7 @@ def test_empty_mask_reconstructs_and_full_mask_is_plain_generation(pair):
 
 def test_one_source_serves_several_labels_and_shapes_are_checked(pair):
     vae, var = pair
+    assert inpaint(vae, [var], [], source_image(2), box_mask(8, (0, 0, 4, 4)), 3, seed=1).shape == (2, 3, 8, 8)
     edit = make_edit(vae, source_image(), box_mask(8, (0, 0, 8, 4)))
     assert [t.shape for t in edit.tokens] == [(1, 1), (1, 4), (1, 9), (1, 16)]
     with pytest.raises(ValueError, match=r"image must be \(B, 3, 8, 8\)"):

@@ -63,6 +63,20 @@ def test_each_image_is_generated_alone_from_its_own_seed(reference, small_ckpts)
     assert image_seed(3, ImageKey(7, 2)) == 3 * 2**32 + 2
 
 
+def test_seed_and_dtype_flags(small_ckpts, tmp_path):
+    one = ["--classes", "4", "--per_class", "1"]
+    seeded = np.load(sample(small_argv(small_ckpts, tmp_path / "s1", *one, "--seed", "1")))["arr_0"]
+    drafter, refiner = load_var(small_ckpts["drafter"]).eval(), load_var(small_ckpts["refiner"]).eval()
+    vae = load_vae(small_ckpts["vae"], patch_nums=drafter.config.patch_nums)
+    image = collaborative_generate(drafter, refiner, vae, [4], draft_steps=2, seed=2**32, cfg=1.5, top_k=600,
+                                   top_p=0.96, temperature=[1.1, 1.0, 1.0, 1.0])
+    assert np.array_equal(seeded[0], to_uint8(image)[0])
+    fp32 = np.load(sample(small_argv(small_ckpts, tmp_path / "fp32", *one)))["arr_0"]
+    bf16 = np.load(sample(small_argv(small_ckpts, tmp_path / "bf16", *one, "--dtype", "bf16")))["arr_0"]
+    assert bf16.shape == fp32.shape == (1, 8, 8, 3) and not np.array_equal(bf16, fp32)
+    assert "bfloat16" in (tmp_path / "bf16" / "run.json").read_text()
+
+
 def test_batch_size_does_not_change_the_images(reference, small_ckpts, tmp_path):
     npz = sample(small_argv(small_ckpts, tmp_path, "--batch_size", "5"))
     assert npz.read_bytes() == reference[1]

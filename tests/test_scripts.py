@@ -61,6 +61,17 @@ def test_infer_original_defaults_are_the_published_ones(hub, tmp_path):
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
+def test_infer_original_from_explicit_paths(small_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    flags = ["--model_ckpt", str(small_ckpts["drafter"]), "--vae_ckpt", str(small_ckpts["vae"]), "--class_labels",
+             "8", "--output", str(out), "--device", "cpu"]
+    run(infer_original, flags)
+    vae, drafter, _ = load_small(small_ckpts)
+    assert np.array_equal(read_png(out), grid_of(drafter.generate(vae, [8], seed=42, cfg=1.5, top_k=900, top_p=0.96)))
+    with pytest.raises(UsageError, match="VAR: .* holds a depth-2 VAR but depth 16 was requested"):
+        run(infer_original, flags + ["--model_depth", "16"])
+
+
 @pytest.mark.parametrize("training_free", [False, True])
 def test_infer_code_loads_the_published_pair(hub, tmp_path, training_free):
     out = tmp_path / "grid.png"
@@ -99,23 +110,28 @@ def test_a_model_that_generates_no_scale_is_not_loaded(small_ckpts, tmp_path, st
     out = tmp_path / "grid.png"
     ckpts = {**small_ckpts, unused: tmp_path / "absent.pth"}
     run(infer_CoDe, small_args(ckpts, "--draft_steps", steps, "--class_labels", "6", "--output", str(out)))
+    argv = small_args(small_ckpts, "--draft_steps", steps, "--class_labels", "6", "--output", str(out))
+    argv.remove(f"--{unused}_ckpt")
+    argv.remove(str(small_ckpts[unused]))
+    run(infer_CoDe, argv)  # not --training_free, and no published drafter_0 / refiner_4: not needed either
     vae, drafter, refiner = load_small(small_ckpts)
     alone = refiner if unused == "drafter" else drafter
     expected = alone.generate(vae, [6], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
-def test_dtype_runs_generation_under_autocast(small_ckpts, tmp_path):
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_dtype_runs_generation_under_autocast(small_ckpts, tmp_path, dtype, torch_dtype):
     out = tmp_path / "grid.png"
-    images, _ = run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "1", "--class_labels", "3", "--dtype", "bf16",
+    images, _ = run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "1", "--class_labels", "3", "--dtype", dtype,
                                            "--output", str(out)))
     vae, drafter, refiner = load_small(small_ckpts)
     assert drafter.head.weight.dtype == torch.float32
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch_dtype):
         state = CollaborativeDecoder(vae, [drafter, refiner], 1).state([3], seed=42, cfg=4.0, top_k=600, top_p=0.95,
                                                                       temperature=[1.1, 1.0, 1.0, 1.0])
         expected = vae.fhat_to_img(state.f_hat)
-    assert expected.dtype == torch.bfloat16
+    assert expected.dtype == torch_dtype
     assert np.array_equal(read_png(out), grid_of(expected.float().add(1).mul(0.5)))
     assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
 
@@ -137,6 +153,12 @@ def test_inpainting_with_a_box_or_a_mask_png(small_ckpts, tmp_path):
                        top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
     assert np.array_equal(read_png(tmp_path / "box.png"), grid_of(expected))
     assert np.array_equal(read_png(tmp_path / "png.png"), grid_of(expected))
+    with pytest.raises(UsageError, match="box 0,0,13,4 must satisfy 0 <= x0 < x1 <= 12"):
+        run(infer_CoDe, small_args(small_ckpts, *flags, "--mask", "0,0,13,4", "--output", str(tmp_path / "x.png")))
+    Image.fromarray(mask[:, :8]).save(tmp_path / "small_mask.png")
+    with pytest.raises(UsageError, match="is 8x8 but the image is 12x8"):
+        run(infer_CoDe, small_args(small_ckpts, *flags, "--mask", str(tmp_path / "small_mask.png"), "--output",
+                                   str(tmp_path / "x.png")))
 
 
 @pytest.mark.parametrize("argv, message", [

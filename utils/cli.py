@@ -94,7 +94,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top
     g.add_argument("--cfg", type=float, default=cfg, help=f"classifier-free guidance scale (default {cfg})")
     g.add_argument("--top_k", type=per_scale(int), default=top_k, help=f"0 disables it (default {top_k})")
     g.add_argument("--top_p", type=per_scale(float), default=top_p, help=f"1 keeps every token (default {top_p})")
-    g.add_argument("--temperature", type=per_scale(float), default=None, help=f"(default {temperature})")
+    g.add_argument("--temperature", type=per_scale(float), default=None,
+                   help=f"applied after the top-k / top-p filter (default {temperature})")
     g.add_argument("--seed", type=non_negative_int, default=seed, help=f"random seed (default {seed})")
 
 

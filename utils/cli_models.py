@@ -118,18 +118,18 @@ def load_plain(args: argparse.Namespace, device: torch.device) -> Chain:
 
 
 def load_code(args: argparse.Namespace, device: torch.device) -> Chain:
-    """Drafter and refiner; a model that would generate no scale (draft steps 0 or K) is not loaded."""
-    n = args.draft_steps
-    sources = {role: code_source(args, role) for role in ("drafter", "refiner")}
-    roles = ["refiner"] if n == 0 else ["drafter", "refiner"]
-    models, used = [], []
-    for role in roles:
-        models.append(load_model(role, *sources[role], device, args.ckpt_dir))
-        used.append(sources[role][0])
-        K = models[0].config.num_scales
-        if n > K:
-            raise UsageError(f"--draft_steps {n} exceeds the {K} scales of the models")
-        if n == K:  # the drafter alone: plain VAR
-            break
-    stops = [n, K] if len(models) == 2 else [K]
-    return finish(models, stops, used, args, device)
+    """Drafter and refiner; a model that would generate no scale (draft steps 0 or K) is not even looked for."""
+    n, used = args.draft_steps, []
+
+    def load(role: str) -> VAR:
+        source, depth = code_source(args, role)
+        used.append(source)
+        return load_model(role, source, depth, device, args.ckpt_dir)
+
+    models = [load("refiner" if n == 0 else "drafter")]
+    K = models[0].config.num_scales
+    if n > K:
+        raise UsageError(f"--draft_steps {n} exceeds the {K} scales of the models")
+    if 0 < n < K:
+        models.append(load("refiner"))
+    return finish(models, [n, K] if len(models) == 2 else [K], used, args, device)

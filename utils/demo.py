@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
 
 from models.generation import TokenEdit
 from models.sampling import SamplingConfig
-from utils.cli import add_device_args, check_labels, int_list, positive_int, resolve_device, resolve_dtype, writable_dir
+from utils.cli import (add_device_args, check_labels, int_list, positive_int, resolve_device, resolve_dtype,
+                       writable_dir)
 from utils.cli_models import Chain
 from utils.images import make_grid, save_png, to_uint8
 from utils.timing import Timing, timed_generation
-
-log = logging.getLogger(__name__)
 
 # the published demo's labels: two images each of eight classes
 DEMO_LABELS = [992, 992, 483, 483, 970, 970, 609, 609, 978, 978, 985, 985, 963, 963, 949, 949]

@@ -49,7 +49,8 @@ def shard(keys: Sequence[ImageKey], rank: int, world_size: int) -> list[ImageKey
 def image_seed(seed: int, key: ImageKey) -> int:
     """The seed of one image's own generator. As published (g_seed = index, for every class), --seed 0 gives
     image i of each class the stream of seed i, which reproduces the published sample set; its label is what
-    differs between classes. The class, seed and index alone decide it: never the batch or the rank."""
+    differs between classes. An image thus depends on its class, --seed and index alone, never on its batch
+    or its rank."""
     if not 0 <= seed < SEED_STRIDE or not 0 <= key.index < SEED_STRIDE:
         raise ValueError(f"seed {seed} and index {key.index} must be in 0..2**32-1")
     return seed * SEED_STRIDE + key.index
