@@ -1,6 +1,8 @@
 """Multi-scale residual quantiser: image latents <-> the K token maps, and the next-scale inputs of VAR."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -30,6 +32,13 @@ class PhiShared(nn.Module):
     def for_scale(self, k: int, num_scales: int) -> Phi:
         at = k / (num_scales - 1) if num_scales > 1 else 0.0
         return self.qresi_ls[int(np.argmin(np.abs(self.ticks - at)))]
+
+
+class QuantOutput(NamedTuple):
+    f_hat: torch.Tensor  # (B, Cvae, H, W): the value of f_to_tokens' f_hat, the gradient of f (straight-through)
+    loss: torch.Tensor  # scalar: codebook + beta * commitment, averaged over the scales
+    usage: torch.Tensor  # (K,) fraction of the vocabulary this batch used at each scale
+    tokens: list[torch.Tensor]  # K token maps (B, p*p), as f_to_tokens returns them
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -79,6 +88,34 @@ class MultiScaleQuantizer(nn.Module):
             f_rest.sub_(h)
             out.append(f_hat.clone() if return_fhat else idx)
         return out
+
+    def forward(self, f_BChw: torch.Tensor) -> QuantOutput:
+        """Training: the residual quantisation of f_to_tokens, with gradients for the encoder, codebook and phi.
+
+        At scale k the loss compares the running sum f_hat_k with f: ||f_hat_k - sg(f)||^2 trains the codebook
+        and phi, beta * ||sg(f_hat_k) - f||^2 pulls the encoder towards its codes (VAR's tokenizer objective).
+        The returned f_hat equals f_to_tokens' bit for bit; its gradient flows to f unchanged.
+        """
+        B, C, H, W = f_BChw.shape
+        if (H, W) != (self.patch_nums[-1],) * 2:
+            raise ValueError(f"latent is {H}x{W} but the last patch size is {self.patch_nums[-1]}")
+        f = f_BChw
+        f_rest, f_hat = f.detach().clone(), torch.zeros_like(f)
+        loss, usage, tokens = f.new_zeros(()), f.new_zeros(self.num_scales), []
+        for k, p in enumerate(self.patch_nums):
+            z = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
+            h = self.phi(k, self.upsample(k, self.lookup(idx, k)))
+            f_hat = f_hat + h
+            f_rest.sub_(h.detach())
+            loss = loss + F.mse_loss(f_hat, f.detach()) + self.beta * F.mse_loss(f_hat.detach(), f)
+            hits = torch.bincount(idx.flatten(), minlength=self.vocab_size)
+            usage[k] = (hits > 0).float().mean()
+            if self.training:
+                self.ema_vocab_hit_SV[k].mul_(0.99).add_(hits.float(), alpha=0.01)
+            tokens.append(idx)
+        # value f_hat exactly (f - sg(f) is exactly 0), gradient of f: the straight-through estimator
+        return QuantOutput(f_hat.detach() + (f - f.detach()), loss / self.num_scales, usage, tokens)
 
     def tokens_to_fhat(self, idx: list[torch.Tensor]) -> torch.Tensor:
         """Sum of phi(upsample(embed)) over all K token maps: the latent the decoder reads."""
