@@ -1,0 +1,107 @@
+"""Train the multi-scale residual VQVAE (the tokenizer VAR never released) from scratch on an image folder.
+
+    python train_vqvae.py --data_path outputs/miniature/data --output_dir outputs/miniature/vqvae
+    torchrun --nproc_per_node=8 train_vqvae.py --data_path /data/imagenet --ch 160 --ch_mult 1,1,2,2,4 \\
+        --vocab_size 4096 --z_channels 32 --patch_nums 1,2,3,4,5,6,8,10,13,16
+
+Objective: L1 + L2 reconstruction of images in [-1, 1], plus the quantiser's loss (codebook and beta x
+commitment on the running sum f_hat after every scale); gradients reach the encoder through a straight-through
+estimator (MultiScaleQuantizer.forward). The codebook is learned by that loss. The log reports, per scale, the
+fraction of the codebook one batch uses (use0, use1, ...); the export, the fraction in use over the last ~100
+steps. Writes OUTPUT_DIR/vqvae.pth: {"model": state dict, "config": VQVAEConfig}; models.load_vae reads it
+(give it the config's patch_nums, as miniature.checkpoints.load_tokenizer does).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from miniature.runner import ImageBatch, Job, add_runner_args, check_runner_args, image_batch, run_job
+from models import VQVAE, VQVAEConfig
+from models.quant import QuantOutput
+from utils.checkpoint import atomic_save
+from utils.dist import DistInfo
+from utils.train_log import log
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runner_args(p, steps=1500, batch_size=32, lr=2e-3, wd=0.0, output_dir="outputs/vqvae")
+    a = p.add_argument_group("model (miniature defaults: 16x16 images -> an 8x8 latent in 6 scales)").add_argument
+    a("--ch", type=int, default=32, help="base width, a multiple of 32 (default %(default)s)")
+    a("--ch_mult", type=int_tuple, default=(1, 1), help="width multipliers per level; 2^(levels-1) downsampling")
+    a("--num_res_blocks", type=int, default=1, help="res blocks per encoder level (default %(default)s)")
+    a("--vocab_size", type=int, default=256, help="codebook size (default %(default)s)")
+    a("--z_channels", type=int, default=8, help="latent channels, Cvae (default %(default)s)")
+    a("--patch_nums", type=int_tuple, default=(1, 2, 3, 4, 6, 8), help="token-map sides; the last is the latent's")
+    a("--beta", type=float, default=0.25, help="commitment weight (default %(default)g)")
+    args = check_runner_args(p, p.parse_args(argv))
+    try:
+        args.config = VQVAEConfig(vocab_size=args.vocab_size, z_channels=args.z_channels, ch=args.ch,
+                                  ch_mult=args.ch_mult, num_res_blocks=args.num_res_blocks,
+                                  patch_nums=args.patch_nums, beta=args.beta)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+class Autoencoder(nn.Module):
+    """The training view of a VQVAE: image -> (reconstruction, quantiser output), differentiable end to end."""
+
+    def __init__(self, vae: VQVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, QuantOutput]:
+        q = self.vae.quantize(self.vae.encode_latent(img_B3HW))
+        return self.vae.decoder(self.vae.post_quant_conv(q.f_hat)), q  # unclamped, so that gradients pass
+
+
+def step_fn(module: nn.Module, batch: ImageBatch, step: int):
+    recon, q = module(batch.images)
+    l1, l2 = F.l1_loss(recon, batch.images), F.mse_loss(recon, batch.images)
+    parts = {"l1": l1.detach(), "mse": l2.detach(), "vq": q.loss.detach()}
+    parts.update({f"use{k}": u for k, u in enumerate(q.usage)})
+    return l1 + l2 + q.loss, parts
+
+
+def codes_in_use(vae: VQVAE, threshold: float = 0.01) -> list[float]:
+    """Per scale, the fraction of codes hit on average at least `threshold` times per batch recently (EMA)."""
+    return (vae.quantize.ema_vocab_hit_SV > threshold).float().mean(1).tolist()
+
+
+def export(vae: VQVAE, out: Path) -> Path:
+    path = out / "vqvae.pth"
+    use = codes_in_use(vae)
+    log.info("codebook in use per scale (recent batches): %s", " ".join(f"{u:.0%}" for u in use))
+    atomic_save({"model": {k: v.detach().float() for k, v in vae.state_dict().items()},
+                 "config": vae.config.to_dict()}, path)
+    return path
+
+
+def make_job(args: argparse.Namespace, info: DistInfo) -> Job:
+    vae = VQVAE(args.config)
+    V = args.config.vocab_size  # codes start near 0, inside the encoder's range: every code is some vector's nearest
+    nn.init.uniform_(vae.quantize.embedding.weight, -1 / V, 1 / V)
+    return Job("vqvae", vae, step_fn, image_batch(info.device), export, args.config.image_size,
+               module=Autoencoder(vae))
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_job(args, make_job)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
