@@ -4,6 +4,7 @@ import torch
 
 from code import box_mask, inpaint, make_edit, token_masks
 from conftest import tiny_var_like
+from tiny_checkpoints import one_thread  # noqa: F401 (fixture)
 
 
 def source_image(batch=1, seed=0):

@@ -10,7 +10,7 @@ import sample_CoDe
 from code import collaborative_generate
 from conftest import ROOT
 from models import load_vae, load_var
-from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401 (fixtures)
+from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
 from utils.cli import UsageError
 from utils.images import read_png, to_uint8
 from utils.sample_folder import ImageKey, MissingImagesError, image_seed, plan, write_npz

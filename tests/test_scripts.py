@@ -1,4 +1,5 @@
 """infer_original.py and infer_CoDe.py end to end on tiny models: flags reach the library, errors are clear."""
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import infer_original
 from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint
 from conftest import ROOT
 from models import generate, load_vae, load_var
-from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401 (fixtures)
+from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
 from utils.cli import UsageError, exit_on_error
 from utils.images import make_grid, read_png, to_uint8
 
@@ -216,7 +217,8 @@ def test_exit_on_error_prints_one_line_and_exits_1(tmp_path, capsys):
 
 
 # ---- real processes ---------------------------------------------------------------------------------
-def script(*argv, env=None):
+def script(*argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in-process (see tiny_checkpoints.one_thread)
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
