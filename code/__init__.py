@@ -28,5 +28,6 @@ compile_command = _std.compile_command
 from .collaborative import CollaborativeDecoder, chain_stops, collaborative_generate  # noqa: E402
 from .editing import box_mask, inpaint, make_edit, token_masks  # noqa: E402
 
-__all__ = ["CollaborativeDecoder", "collaborative_generate", "chain_stops", "InteractiveInterpreter",
+__all__ = ["CollaborativeDecoder", "collaborative_generate", "chain_stops", "inpaint", "make_edit", "token_masks",
+           "box_mask", "InteractiveInterpreter",
            "InteractiveConsole", "interact", "compile_command"]

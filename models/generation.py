@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .sampling import SamplingConfig, cfg_mix, sample_tokens
+from .sampling import Generators, SamplingConfig, cfg_mix, sample_tokens
 from .var import VAR
 from .vqvae import VQVAE
 
@@ -84,7 +84,7 @@ class EagerSteps:
 
 @torch.no_grad()
 def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: SamplingConfig,
-               generator: torch.Generator | None = None, steps=None) -> DecodeState:
+               generator: Generators = None, steps=None) -> DecodeState:
     """Generate scales state.done .. stop-1 with `model`, continuing the prefix in `state`.
 
     The first pass covers the whole prefix plus the first new scale (for a refiner: its prefill, one
@@ -137,6 +137,9 @@ def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
 def resolve_labels(labels, batch_size: int | None, num_classes: int, device, generator) -> torch.Tensor:
     """Labels as a (B,) int64 tensor; an int repeats, None draws uniformly (as published)."""
     if labels is None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("labels=None draws the classes from one generator; with one generator per image, "
+                             "pass the labels")
         if batch_size is None:
             raise ValueError("labels=None needs batch_size to know how many random classes to draw")
         uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
@@ -154,7 +157,7 @@ def resolve_labels(labels, batch_size: int | None, num_classes: int, device, gen
     return labels.to(device=device, dtype=torch.long)
 
 
-def make_generator(seed: int | None, generator: torch.Generator | None, device) -> torch.Generator | None:
+def make_generator(seed: int | None, generator: Generators, device) -> Generators:
     if generator is not None:
         return generator
     if seed is None:
@@ -184,7 +187,7 @@ def check_stops(stops: Sequence[int], num_scales: int) -> None:
 
 @torch.no_grad()
 def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, batch_size: int | None = None,
-                   seed: int | None = None, generator: torch.Generator | None = None, keep_logits: bool = False,
+                   seed: int | None = None, generator: Generators = None, keep_logits: bool = False,
                    edit: TokenEdit | None = None, sampling: SamplingConfig | None = None, fast=False,
                    **sampling_kwargs) -> DecodeState:
     """Model i generates scales stops[i-1] .. stops[i]-1 (stops[-1] == K); one random stream throughout.
@@ -221,7 +224,7 @@ def generate(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=Non
     """
     state = generate_state(vae, models, stops, labels, fast=fast, **kwargs)  # checks the chain first
     path = fast_path_for(fast, vae, models, stops)  # the FastPath generate_state used (kept, or the one given)
-    images = path.decode(state.f_hat) if path else vae.fhat_to_img(state.f_hat).add_(1).mul_(0.5).float()
+    images = path.decode(state.f_hat) if path else vae.fhat_to_img(state.f_hat).float().add_(1).mul_(0.5)  # map to [0, 1] in fp32
     if not return_tokens:
         return images
     return images, [t.view(t.shape[0], p, p) for t, p in zip(state.tokens, vae.patch_nums)]

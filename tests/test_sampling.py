@@ -95,3 +95,9 @@ def test_per_image_generators_make_images_batch_independent(pair):
     torch.testing.assert_close(big[2:4], small)
     alone = var.generate(vae, [3], seed=12)  # one image per call, as the published sampler
     torch.testing.assert_close(big[2:3], alone)
+
+
+def test_random_labels_need_a_single_generator(pair):
+    vae, var = pair
+    with pytest.raises(ValueError, match="pass the labels"):
+        var.generate(vae, None, batch_size=2, generator=[torch.Generator(), torch.Generator()])
