@@ -113,12 +113,13 @@ class StaticStep:
         return self.fn(self.cond, self.inputs, self.noise)
 
     def _capture(self, pool) -> None:
-        # Warm up on a side stream first: compilation, kernel selection and library handles cannot happen
-        # during capture. The warm-up writes the same keys/values into the cache as the replay will.
+        # Warm up on a side stream first (twice, as the CUDA-graph docs do): compilation, kernel selection and
+        # library workspaces cannot happen during capture. Each run writes the keys/values the replay will write.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._run()
+            for _ in range(2):
+                self._run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):  # one pool for all steps: they never run concurrently
@@ -278,8 +279,9 @@ class FastPath:
 
     compile / cuda_graphs: default on CUDA, off elsewhere (CUDA graphs need CUDA; on the CPU the same steps run
     uncompiled, which is what the tests check against the eager path). weights_dtype: the dtype every nn.Linear
-    of the models is cast to, in place (default bf16 on CUDA, unchanged elsewhere). decoder_dtype: the decoder
-    copy's dtype (default bf16 on CUDA, the VQVAE's elsewhere). compile_options: extra torch.compile arguments
+    of the models is cast to, in place (default on CUDA: the dtype of the autocast active when the FastPath is
+    built, else bf16; unchanged elsewhere). decoder_dtype: the decoder copy's dtype (same default on CUDA, the
+    VQVAE's elsewhere). decode_chunk: images per decoder call (1 decodes each image on its own). compile_options: extra torch.compile arguments
     (e.g. {"mode": "max-autotune-no-cudagraphs"}, or {"backend": "aot_eager"} to check tracing without codegen).
     """
 
@@ -293,11 +295,13 @@ class FastPath:
         cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
         if cuda_graphs and not cuda:
             raise ValueError(f"CUDA graphs need the models on a CUDA device, not {self.device}")
-        weights_dtype = (torch.bfloat16 if cuda else None) if weights_dtype == AUTO else weights_dtype
+        half = (torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16) \
+            if cuda else None
+        weights_dtype = half if weights_dtype == AUTO else weights_dtype
         if weights_dtype is not None:
             for m in self.models:
                 cast_linear_weights_(m, weights_dtype)
-        decoder_dtype = (torch.bfloat16 if cuda else None) if decoder_dtype == AUTO else decoder_dtype
+        decoder_dtype = half if decoder_dtype == AUTO else decoder_dtype
         self.steps = FastSteps(self.models, self.stops, compile, cuda_graphs, compile_options)
         self.decoder = FastDecoder(vae, decoder_dtype, channels_last=cuda, compile=compile, chunk=decode_chunk,
                                    compile_options=compile_options)
@@ -308,10 +312,15 @@ class FastPath:
 
     def context(self):
         """Autocast to the weights' dtype when they are reduced precision (mixed-dtype ops need it). Its cast cache
-        stays off: CUDA graphs must not capture casts that the cache would free after the first call."""
+        stays off: CUDA graphs must not capture casts that the cache would free after the first call. Weights in
+        full precision leave any autocast of the caller in charge, as on the eager path."""
         dtype, kind = self.compute_dtype, self.device.type
-        if dtype == torch.float32 or dtype == torch.float64 or torch.is_autocast_enabled(kind):
+        if dtype in (torch.float32, torch.float64):
             return contextlib.nullcontext()
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != dtype:
+            raise ValueError(f"the fast path's linear weights are {dtype} but autocast asks for "
+                             f"{torch.get_autocast_dtype(kind)}: every op would cast them again; build the FastPath "
+                             "under that autocast (or with weights_dtype=...) so that both agree")
         return torch.autocast(kind, dtype=dtype, cache_enabled=False)
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
