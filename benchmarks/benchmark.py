@@ -3,6 +3,7 @@
     python benchmarks/benchmark.py                      # every case, batch 64, on the GPU (random weights)
     python benchmarks/benchmark.py --cases var-d30,code-8 --no-eager --out results.md
     python benchmarks/benchmark.py --tiny --device cpu  # smoke run of the whole script with tiny models
+    python benchmarks/benchmark.py --check --cases code-8 --repeats 1   # also: fast vs eager numerics
 
 Weights are random (the speed does not depend on their values): models are built on the meta device and
 materialised directly on the target device. The eager path is the published-like configuration (fp32 weights
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.fast import FastPath, cast_linear_weights_  # noqa: E402
-from models.generation import generate_state  # noqa: E402
+from models.generation import TokenEdit, generate_state  # noqa: E402
 from models.var import VAR, VARConfig, derived_buffers  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
@@ -147,8 +148,9 @@ class Result:
     latency: float  # s, generation without the decoder (median)
     decode: float  # s, the VQVAE decoder alone (median)
     first_call: float  # s, the first call (compilation and graph capture for the fast path)
-    peak_gen: float | None  # bytes, during generation
-    peak_all: float | None  # bytes, generation then decoding
+    peak_gen: float | None  # bytes allocated at most during generation
+    reserved_gen: float | None  # bytes reserved at most during generation: with the CUDA graphs' private pool
+    peak_all: float | None  # bytes allocated at most, generation then decoding
     floor: float  # s, matmul FLOPs / measured matmul rate
 
 
@@ -165,19 +167,23 @@ def measure(case: str, path: str, generate, decode, device, warmup: int, repeats
             decode(state.f_hat)
         gen.append(t.seconds)
         dec.append(d.seconds)
-    peak_gen = peak_all = None
+    peak_gen = reserved_gen = peak_all = None
     if device.type == "cuda":
+        # A graph replay allocates nothing: its temporaries sit in the graph's private pool, which counts as
+        # reserved, not allocated. Released cache blocks first, so that reserved = live tensors + graph pools.
         del state
         gc.collect()
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         state = generate()
         torch.cuda.synchronize()
-        peak_gen = torch.cuda.max_memory_allocated()
+        peak_gen, reserved_gen = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
         decode(state.f_hat)
         torch.cuda.synchronize()
         peak_all = torch.cuda.max_memory_allocated()
-    return Result(case, path, statistics.median(gen), statistics.median(dec), first.seconds, peak_gen, peak_all, floor)
+    return Result(case, path, statistics.median(gen), statistics.median(dec), first.seconds, peak_gen, reserved_gen,
+                  peak_all, floor)
 
 
 # ---- cases ------------------------------------------------------------------------------------------
@@ -189,7 +195,18 @@ def case_chain(case: str) -> tuple[list[int], list[int], dict]:
     return [30, 16], [n, 10], CODE_SAMPLING
 
 
-def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> list[Result]:
+def check_fast(case: str, vae: VQVAE, models, stops, labels, sampling, ref, fast: FastPath) -> str:
+    """A Markdown row: fast vs eager logits with the eager tokens forced at every scale (so that each scale sees
+    the same inputs: the error is numerics alone), and the share of equal tokens in a free run at the same seed."""
+    forced = TokenEdit(ref.tokens, [torch.zeros_like(t, dtype=torch.bool) for t in ref.tokens])
+    got = generate_state(vae, models, stops, labels, seed=0, keep_logits=True, edit=forced, fast=fast, **sampling)
+    errors = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got.logits, ref.logits)]
+    free = generate_state(vae, models, stops, labels, seed=0, fast=fast, **sampling)
+    same = sum(int((a == b).sum()) for a, b in zip(free.tokens, ref.tokens)) / sum(t.numel() for t in ref.tokens)
+    return f"| {case} | {max(errors):.2e} | {errors[0]:.2e} | {same:.4f} |"
+
+
+def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> tuple[list[Result], list[str]]:
     depths, stops, sampling = case_chain(case)
     linear_dtype = torch.float32 if args.eager or device.type != "cuda" else torch.bfloat16
     models = [random_var(d, device, linear_dtype, args.tiny, seed=10 + i) for i, d in enumerate(depths)]
@@ -207,7 +224,11 @@ def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> 
             with autocast:
                 return vae.fhat_to_img(f_hat).add_(1).mul_(0.5).float()
         results.append(measure(case, "eager", eager_generate, eager_decode, device, args.warmup, args.repeats, floor))
+    if args.check:  # before the fast path casts the weights
+        with autocast:
+            ref = generate_state(vae, models, stops, labels, seed=0, keep_logits=True, **sampling)
     fast = FastPath(vae, models, stops, compile=args.compile, cuda_graphs=args.graphs, decode_chunk=args.decode_chunk)
+    checks = [check_fast(case, vae, models, stops, labels, sampling, ref, fast)] if args.check else []
     results.append(measure(case, "fast", lambda: generate_state(vae, models, stops, labels, seed=0, fast=fast,
                                                                 **sampling),
                            fast.decode, device, args.warmup, args.repeats, floor))
@@ -215,22 +236,23 @@ def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return results
+    return results, checks
 
 
 # ---- report -----------------------------------------------------------------------------------------
 def table(results: list[Result], batch: int) -> str:
     eager = {r.case: r for r in results if r.path == "eager"}
     gb = lambda b: "n/a" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
-    lines = ["| case | path | latency (s) | + decoder (s) | decoder (s) | images/s | peak GB | peak GB + dec | "
-             "first call (s) | speed-up vs eager | x matmul floor | floor (s) | 50k images (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | path | latency (s) | + decoder (s) | decoder (s) | images/s | peak GB | reserved GB | "
+             "peak GB + dec | first call (s) | speed-up vs eager | x matmul floor | floor (s) | 50k images (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ref = eager.get(r.case)
         vs_eager = f"{ref.latency / r.latency:.2f}x" if ref is not None and r.path != "eager" else "-"
         total = r.latency + r.decode
         lines.append(f"| {r.case} | {r.path} | {r.latency:.4f} | {total:.4f} | {r.decode:.4f} | "
-                     f"{batch / r.latency:.1f} | {gb(r.peak_gen)} | {gb(r.peak_all)} | {r.first_call:.1f} | "
+                     f"{batch / r.latency:.1f} | {gb(r.peak_gen)} | {gb(r.reserved_gen)} | {gb(r.peak_all)} | "
+                     f"{r.first_call:.1f} | "
                      f"{vs_eager} | {r.latency / r.floor:.2f} | {r.floor:.4f} | {50000 / batch * total / 60:.1f} |")
     return "\n".join(lines)
 
@@ -252,6 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode_chunk", type=int, default=16, help="images per VQVAE decoder call in the fast path")
     p.add_argument("--matmul_size", type=int, default=0, help="n of the n^3 matmul timed for the floor "
                    "(default 8192 on CUDA, 256 on the CPU)")
+    p.add_argument("--check", action="store_true", help="also compare the fast path's logits and tokens with the "
+                   "eager path's at the same seed (within bf16 rounding on a GPU, identical in fp32 on the CPU)")
     p.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -273,18 +297,28 @@ def main(argv=None) -> str:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 work outside autocast (f_hat, phi) as on the published runs
     rate = matmul_rate(device, args.matmul_size or (8192 if device.type == "cuda" else 256))
     vae = random_vae(device, args.tiny)
-    results = []
+    results, checks = [], []
     for case in args.cases:
-        results += run_case(case, vae, args, device, rate)
+        case_results, case_checks = run_case(case, vae, args, device, rate)
+        results, checks = results + case_results, checks + case_checks
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     report = "\n".join([
         f"{name}, torch {torch.__version__}, batch {args.batch_size} (CFG: {2 * args.batch_size} rows), "
         f"{'tiny models, ' if args.tiny else ''}random weights; fast path: compile="
         f"{args.compile if args.compile is not None else device.type == 'cuda'}, CUDA graphs="
         f"{args.graphs if args.graphs is not None else device.type == 'cuda'}; "
-        f"measured matmul rate {rate / 1e12:.1f} TFLOP/s; median of {args.repeats} after {args.warmup} warm-up "
-        f"(first call = compile + capture for the fast path). 50k images: extrapolated from latency + decoder.",
+        f"measured matmul rate {rate / 1e12:.3g} TFLOP/s; median of {args.repeats} after {args.warmup} warm-up "
+        "(first call = compile + capture for the fast path). Latency and images/s exclude the decoder; peak GB: "
+        "torch.cuda.max_memory_allocated during generation; reserved GB: max_memory_reserved after emptying the "
+        "cache (includes the CUDA graphs' pool, which allocated GB cannot see); 50k images: extrapolated from "
+        "latency + decoder.",
         "", table(results, args.batch_size), ""])
+    if checks:
+        report += "\n".join(["", "Fast vs eager (eager: the weights above under autocast): relative logits error "
+                              "||fast - eager|| / ||eager|| per scale with the eager tokens forced on both, and the "
+                              "share of equal tokens in a free run at the same seed.", "",
+                              "| case | max logits error | scale-0 logits error | tokens equal |", "|---|---|---|---|",
+                              *checks, ""])
     print(report)
     if args.out:
         args.out.write_text(report)
