@@ -259,7 +259,8 @@ class FastDecoder(nn.Module):
         self._images = torch.compile(self.images, **options) if compile else self.images
 
     def images(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1).add_(1).mul_(0.5)
+        # to [0, 1] in float32, as generate does: in bf16 the map would cost precision that 8-bit images keep
+        return self.decoder(self.post_quant_conv(f_hat)).float().clamp_(-1, 1).add_(1).mul_(0.5)
 
     @torch.no_grad()
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
@@ -267,7 +268,7 @@ class FastDecoder(nn.Module):
         with compile_settings(self._images is not self.images):
             out = [self._images(f.to(self.dtype).contiguous(memory_format=self.memory_format))
                    for f in f_hat.split(self.chunk)]
-        return torch.cat(out).float().contiguous()
+        return torch.cat(out).contiguous()
 
 
 AUTO = "auto"

@@ -266,7 +266,7 @@ def test_arena_holds_exactly_the_needed_scales_and_is_shared(chain):
 def test_fast_decoder_matches_the_vqvae(chain):
     vae = chain[0]
     f_hat = torch.randn(5, vae.Cvae, 4, 4, generator=torch.Generator().manual_seed(0))
-    ref = vae.fhat_to_img(f_hat).add_(1).mul_(0.5).float()
+    ref = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
     chunked = FastDecoder(vae, chunk=2)(f_hat)  # chunks of 2, 2, 1 (CPU convolutions differ in the last bits)
     assert chunked.shape == ref.shape and not chunked.requires_grad
     torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)
@@ -275,6 +275,7 @@ def test_fast_decoder_matches_the_vqvae(chain):
     torch.testing.assert_close(last, ref, rtol=1e-5, atol=1e-5)
     half = FastDecoder(vae, dtype=torch.bfloat16, channels_last=True)(f_hat)
     assert half.dtype == torch.float32 and (half - ref).abs().max() < 0.05
+    assert len(half.unique()) > 2 * len(half.to(torch.bfloat16).unique())  # mapped to [0, 1] in fp32, not bf16
     assert next(vae.decoder.parameters()).dtype == torch.float32  # the VQVAE itself is untouched
 
 
