@@ -208,8 +208,10 @@ def compiled_matches_eager(vae, models, stops, backend):
     path = FastPath(vae, models, stops, compile=True, compile_options=dict(backend=backend))
     for seed in (0, 1):
         ref = generate_state(vae, models, stops, [1, 2, 3], seed=seed, keep_logits=True, **CODE_KW)
-        assert_same_state(ref, generate_state(vae, models, stops, [1, 2, 3], seed=seed, keep_logits=True,
-                                              fast=path, **CODE_KW))
+        got = generate_state(vae, models, stops, [1, 2, 3], seed=seed, keep_logits=True, fast=path, **CODE_KW)
+        assert_same_state(ref, got, logits=backend == "aot_eager")  # aot_eager runs the eager kernels
+        for a, b in zip(ref.logits, got.logits):  # Inductor's fused fp32 kernels round differently
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     return counters["stats"]["unique_graphs"]
 
 
