@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.fast import FastPath
 from models.generation import generate_state
 from models.sampling import SamplingConfig
 from utils.cli import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
@@ -56,20 +57,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--classes", type=int_list, default=None,
                    help="a subset of classes, e.g. 0-99,207 (default: every class of the model)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    g.add_argument("--eager", action="store_true",
+                   help="run the reference eager path instead of the fast one (compiled passes replayed from CUDA "
+                        "graphs, bf16 weights and decoder on CUDA; uncompiled and identical to eager on the CPU)")
     add_device_args(parser)
     return parser.parse_args(argv)
 
 
 @torch.no_grad()
 def generate_images(chain: Chain, keys: list[ImageKey], sampling: SamplingConfig, seed: int,
-                    device: torch.device, dtype: torch.dtype) -> np.ndarray:
+                    device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> np.ndarray:
     """(B, H, W, 3) uint8; each image from its own generator, decoded on its own (see the module docstring)."""
     generators = [torch.Generator(device=device).manual_seed(image_seed(seed, k)) for k in keys]
     labels = torch.tensor([k.cls for k in keys], device=device)
     with autocast(device, dtype):
-        state = generate_state(chain.vae, chain.models, chain.stops, labels, generator=generators, sampling=sampling)
-        images = [chain.vae.tokens_to_img([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
+        state = generate_state(chain.vae, chain.models, chain.stops, labels, generator=generators, sampling=sampling,
+                               fast=fast or False)
+        f_hat = [chain.vae.quantize.tokens_to_fhat([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
+        if fast is not None:
+            return to_uint8(fast.decode(torch.cat(f_hat)))  # decode_chunk=1: each image on its own
+        images = [chain.vae.fhat_to_img(f) for f in f_hat]
     return to_uint8(torch.cat(images).float().add_(1).mul_(0.5))
+
+
+def build_fast_path(chain: Chain, device: torch.device, dtype: torch.dtype) -> FastPath:
+    """Built inside the run's autocast, so that the weights are cast to the dtype generation computes in."""
+    with autocast(device, dtype):
+        return FastPath(chain.vae, chain.models, chain.stops, decode_chunk=1)
 
 
 def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None:
@@ -80,7 +94,8 @@ def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None
 def settings(args: argparse.Namespace, chain: Chain, sampling: SamplingConfig, dtype: torch.dtype) -> dict:
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
-                temperature=sampling.temperature, stops=chain.stops, checkpoints=chain.files, dtype=str(dtype))
+                temperature=sampling.temperature, stops=chain.stops, checkpoints=chain.files, dtype=str(dtype),
+                fast=not args.eager)
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
@@ -101,13 +116,14 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
         if removed := remove_temp_files(images):
             log.info(f"removed {removed} temporary files left by an interrupted run")
     barrier()
+    fast = None if args.eager else build_fast_path(chain, device, dtype)
     todo = pending(shard(keys, dist.rank, dist.world_size), images)
     log.info(f"{len(keys)} images in all; rank 0 of {dist.world_size} has {len(todo)} still to generate")
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            write_images(images, batch, generate_images(chain, batch, sampling, args.seed, device, dtype))
+            write_images(images, batch, generate_images(chain, batch, sampling, args.seed, device, dtype, fast))
             bar.update(len(batch))
     barrier()
     if not dist.is_main:

@@ -169,3 +169,13 @@ def test_two_processes_under_torchrun_give_the_same_npz(reference, small_ckpts, 
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "samples_12x8x8x3.npz").read_bytes() == reference[1]
     assert r.stdout.count("saved ") == 1  # only rank 0 reports
+
+
+def test_fast_path_is_the_default_and_equals_the_eager_path(reference, small_ckpts, tmp_path, monkeypatch):
+    built = []
+    original = sample_CoDe.build_fast_path
+    monkeypatch.setattr(sample_CoDe, "build_fast_path", lambda *a: built.append(1) or original(*a))
+    assert sample(small_argv(small_ckpts, tmp_path / "fast", "--batch_size", "5")).read_bytes() == reference[1]
+    assert built == [1]
+    eager = sample(small_argv(small_ckpts, tmp_path / "eager", "--batch_size", "5", "--eager"))
+    assert built == [1] and eager.read_bytes() == reference[1]
