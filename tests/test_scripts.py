@@ -106,6 +106,16 @@ def test_every_sampling_flag_and_batch_cycling(small_ckpts, tmp_path):
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
+def test_fast_flag_gives_the_eager_grid_and_report(small_ckpts, tmp_path, capsys):
+    eager, fast = tmp_path / "eager.png", tmp_path / "fast.png"
+    flags = small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1,2,3", "--seed", "5")
+    run(infer_CoDe, flags + ["--output", str(eager)])
+    run(infer_CoDe, flags + ["--output", str(fast), "--fast"])
+    assert np.array_equal(read_png(eager), read_png(fast))  # fp32 on the CPU: the fast path equals the eager one
+    report = capsys.readouterr().out
+    assert "cpu float32, fast path" in report and report.count("latency without the VQVAE decoder") == 2
+
+
 @pytest.mark.parametrize("steps, unused", [("0", "drafter"), ("4", "refiner")])
 def test_a_model_that_generates_no_scale_is_not_loaded(small_ckpts, tmp_path, steps, unused):
     out = tmp_path / "grid.png"

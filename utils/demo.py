@@ -25,6 +25,9 @@ def add_demo_args(parser: argparse.ArgumentParser, output: str) -> None:
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="number of images, cycling through the labels (default: one per label)")
     g.add_argument("--output", default=output, help=f"the PNG grid, 8 images per row (default {output})")
+    g.add_argument("--fast", action="store_true",
+                   help="the fast path: passes compiled and replayed from CUDA graphs, bf16 weights and decoder "
+                        "(CUDA; the first call compiles, the timed call replays)")
     add_device_args(parser)
 
 
@@ -49,11 +52,11 @@ def demo_labels(args: argparse.Namespace, chain: Chain, device: torch.device) ->
 def run_demo(args: argparse.Namespace, chain: Chain, sampling: SamplingConfig, labels: torch.Tensor,
              device: torch.device, dtype: torch.dtype, edit: TokenEdit | None = None) -> tuple[torch.Tensor, Timing]:
     """Generate, save the grid and print the report; returns the images in [0, 1] and the timing."""
-    images, timing = timed_generation(chain, labels, sampling, args.seed, device, dtype, edit)
+    images, timing = timed_generation(chain, labels, sampling, args.seed, device, dtype, edit, args.fast)
     save_png(make_grid(to_uint8(images)), args.output)
     precision = str(dtype).removeprefix("torch.")
     print(f"{' -> '.join(chain.files[:-1])}: {labels.shape[0]} images of {images.shape[-1]}x{images.shape[-2]}, "
-          f"{device} {precision}")
+          f"{device} {precision}{', fast path' if args.fast else ''}")
     print(timing.report())
     print(f"saved {args.output}")
     return images, timing

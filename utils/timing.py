@@ -11,6 +11,7 @@ from typing import Callable, TypeVar
 
 import torch
 
+from models.fast import FastPath
 from models.generation import TokenEdit, generate_state
 from models.sampling import SamplingConfig
 from utils.cli import autocast
@@ -53,16 +54,24 @@ def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
 
 @torch.no_grad()
 def timed_generation(chain: Chain, labels: torch.Tensor, sampling: SamplingConfig, seed: int,
-                     device: torch.device, dtype: torch.dtype, edit: TokenEdit | None = None
+                     device: torch.device, dtype: torch.dtype, edit: TokenEdit | None = None, fast: bool = False
                      ) -> tuple[torch.Tensor, Timing]:
-    """Images in [0, 1] as (B, 3, H, W) float32, and their timing. Each run re-seeds, so a warm-up changes nothing."""
+    """Images in [0, 1] as (B, 3, H, W) float32, and their timing. Each run re-seeds, so a warm-up changes nothing.
+    fast: the models.fast path (built inside the autocast, so its weights take the compute dtype)."""
+    with autocast(device, dtype):
+        path = FastPath(chain.vae, chain.models, chain.stops) if fast else None
+
     def tokens():
-        return generate_state(chain.vae, chain.models, chain.stops, labels, seed=seed, sampling=sampling, edit=edit)
+        return generate_state(chain.vae, chain.models, chain.stops, labels, seed=seed, sampling=sampling, edit=edit,
+                              fast=path or False)
+
+    def decode(f_hat):
+        return path.decode(f_hat).mul_(2).sub_(1) if path else chain.vae.fhat_to_img(f_hat)
 
     def run():
         with autocast(device, dtype):
             state, gen_s = timed(tokens, device)
-            images, dec_s = timed(lambda: chain.vae.fhat_to_img(state.f_hat), device)
+            images, dec_s = timed(lambda: decode(state.f_hat), device)
         return images, gen_s, dec_s
 
     if device.type == "cuda":
