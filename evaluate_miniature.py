@@ -8,12 +8,13 @@ penultimate features against the real images of DATA_PATH/val, and the time per 
 VQVAE decoder (CPU times on a shared machine are noisy: compare within one run). Two reference rows: real
 training images (the Frechet distance's floor at this sample size) and the VQVAE's reconstructions of them
 (the ceiling any generator reaches through this tokenizer). Writes OUT/table.md, OUT/table.csv and a grid of
-samples per setting (two per class) in OUT/.
+samples per setting (two per class) in OUT/grid_<setting>.png.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,11 @@ def score(name: str, images: torch.Tensor, labels: torch.Tensor, clf, ref_feats,
     return Row(name, accuracy(pred, labels), frechet_distance(feats, ref_feats), 1000 * gen_s / n, 1000 * total_s / n)
 
 
+def slug(name: str) -> str:
+    """'CoDe N=3 fine-tuned' -> 'code_n3_fine_tuned'."""
+    return "_".join(re.findall(r"[a-z0-9]+", name.lower().replace("=", "")))
+
+
 def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path) -> None:
     """Two images of every class, one class per column."""
     picks = [int(i) for c in range(num_classes) for i in (labels == c).nonzero()[:2, 0]]
@@ -151,7 +157,7 @@ def main(args: argparse.Namespace) -> list[Row]:
         chain = Chain(vae, [load_var(f) for f in s.files], s.stops, [f.name for f in s.files] + [files.vqvae.name])
         images, gen_s, total_s = generate_all(chain, labels, sampling, args)
         rows.append(score(s.name, images, labels, clf, ref_feats, gen_s, total_s))
-        sample_grid(images, labels, num_classes, out / f"grid_{len(rows) - 2:02d}.png")
+        sample_grid(images, labels, num_classes, out / f"grid_{slug(s.name)}.png")
         print(f"{s.name}: accuracy {rows[-1].accuracy:.1%}, Frechet {rows[-1].frechet:.2f}", flush=True)
     header = (f"{args.per_class} images per class and setting, cfg {args.cfg}, top_k {args.top_k}, top_p {args.top_p}, "
               f"temperature {args.temperature}, seed {args.seed}; reference: {len(real_val)} real validation images")
