@@ -1,0 +1,203 @@
+"""The whole miniature, from nothing to the table: data, tokenizer, classifier, two VARs, CoDe fine-tuning, scores.
+
+    python -m miniature.pipeline --jobs 2 --threads 1              # the documented sizes (--preset full)
+    python -m miniature.pipeline --work /tmp/smoke --preset smoke  # seconds: every stage on a toy budget
+
+Each stage is its script's own main() with the flags below: miniature.shapes, train_vqvae.py and
+train_classifier.py, train_var.py (large and small), train_drafter.py and train_refiner.py for every N, then
+evaluate_miniature.py. Stages that do not depend on each other run side by side with --jobs (worker
+processes). A stage whose output exists is skipped and an interrupted one resumes from its last checkpoint,
+so running the command again continues where it stopped.
+WORK/ckpt/ collects the checkpoints under the names evaluate_miniature.py and demo.py read; --ship copies the
+base models and the fine-tuned pair of --ship_draft_steps into miniature/checkpoints/.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+import evaluate_miniature
+from miniature.checkpoints import SHIPPED, MiniatureFiles
+
+
+@dataclass(frozen=True)
+class Sizes:
+    train_per_class: int = 3000
+    val_per_class: int = 300
+    image_size: int = 16
+    vqvae_steps: int = 1200
+    classifier_steps: int = 400
+    classifier_batch: int = 64
+    large_depth: int = 6
+    small_depth: int = 2
+    width: int = 64
+    large_steps: int = 2000
+    small_steps: int = 2000
+    drafter_steps: int = 200
+    refiner_steps: int = 1000
+    batch_size: int = 32
+    vocab_size: int = 256
+    draft_steps: tuple[int, ...] = (2, 3, 4)
+    eval_per_class: int = 300
+
+
+SAVE_EVERY = 250  # steps between training checkpoints: what an interrupted stage loses at most
+
+PRESETS = {
+    "full": Sizes(),
+    "smoke": Sizes(train_per_class=8, val_per_class=2, vqvae_steps=3, classifier_steps=2, classifier_batch=8,
+                   large_steps=3, small_steps=3, drafter_steps=2, refiner_steps=2, batch_size=8, vocab_size=64,
+                   draft_steps=(2,), eval_per_class=2),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="outputs/miniature", help="data, runs, checkpoints and the table (default %(default)s)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="sizes (default %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch per stage (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="independent stages run side by side in this many worker "
+                                                       "processes (2 on 2 cores, with --threads 1; default 1)")
+    p.add_argument("--ship", action="store_true", help="copy the checkpoints into miniature/checkpoints/")
+    p.add_argument("--ship_draft_steps", type=int, default=3, help="N of the fine-tuned pair shipped (default 3)")
+    p.add_argument("--ship_dir", default=str(SHIPPED), help=argparse.SUPPRESS)  # tests ship elsewhere
+    return p.parse_args(argv)
+
+
+def common(out: Path, steps: int, threads: int, batch_size: int) -> list[str]:
+    """Flags of the from-scratch scripts; an interrupted run resumes from its last checkpoint."""
+    return ["--output_dir", str(out), "--steps", str(steps), "--batch_size", str(batch_size), "--threads",
+            str(threads), "--log_every", "100", "--save_every", str(SAVE_EVERY), "--resume", "auto"]
+
+
+def finetune_args(data: Path, files: MiniatureFiles, out: Path, n: int, depth: int, steps: int, sizes: Sizes) -> list[str]:
+    """The flags train_drafter.py and train_refiner.py share here: a plain CPU run of `steps` steps."""
+    return ["--depth", str(depth), "--draft_steps", str(n), "--data_path", str(data), "--vae", str(files.vqvae),
+            "--output_dir", str(out), "--max_steps", str(steps), "--batch_size", str(sizes.batch_size),
+            "--grad_accum", "1", "--drop_path", "0", "--num_workers", "0", "--device", "cpu", "--log_every", "100",
+            "--save_every", str(SAVE_EVERY), "--resume", "auto"]
+
+
+def drafter_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes) -> list[str]:
+    """The large VAR specialised on scales 1..N (peak lr 2e-3 x 32 / 256 = 2.5e-4 at batch 32)."""
+    return [*finetune_args(data, files, out, n, sizes.large_depth, sizes.drafter_steps, sizes),
+            "--init", str(files.large), "--lr", "2e-3", "--wd", "0.05"]
+
+
+def refiner_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes) -> list[str]:
+    """The small VAR distilled from the large one (peak lr 1.6e-2 x 32 / 256 = 2e-3 at batch 32)."""
+    return [*finetune_args(data, files, out, n, sizes.small_depth, sizes.refiner_steps, sizes),
+            "--init", str(files.small), "--teacher", str(files.large), "--teacher_depth", str(sizes.large_depth),
+            "--lr", "1.6e-2", "--wd", "0.0"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One stage: `python -m module argv` in effect, then `produced` copied to `target` (skipped if it exists)."""
+    name: str
+    module: str
+    argv: list[str]
+    produced: Path
+    target: Path
+
+
+def run_task(task: Task, threads: int) -> tuple[int, float]:
+    """(exit status, seconds); a top-level function, so that a spawned worker process can run it."""
+    if threads:
+        torch.set_num_threads(threads)
+    module = importlib.import_module(task.module)
+    start = time.perf_counter()
+    status = module.main(module.parse_args(task.argv))
+    if status == 0 and task.produced != task.target:
+        copy(task.produced, task.target)
+    return status, time.perf_counter() - start
+
+
+def waves(work: Path, sizes: Sizes, threads: int) -> list[list[Task]]:
+    """The stages in order; the tasks of one wave do not depend on each other."""
+    data, runs = work / "data", work / "runs"
+    files = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth)
+    make_data = Task("data", "miniature.shapes", [
+        "--out", str(data), "--train_per_class", str(sizes.train_per_class), "--val_per_class",
+        str(sizes.val_per_class), "--size", str(sizes.image_size), "--quiet"], data / "val", data / "val")
+    tokenizer_and_judge = [
+        Task("vqvae", "train_vqvae", ["--data_path", str(data), "--vocab_size", str(sizes.vocab_size),
+                                      *common(runs / "vqvae", sizes.vqvae_steps, threads, sizes.batch_size)],
+             runs / "vqvae" / "vqvae.pth", files.vqvae),
+        Task("classifier", "train_classifier", ["--data_path", str(data), "--image_size", str(sizes.image_size),
+                                                *common(runs / "classifier", sizes.classifier_steps, threads,
+                                                        sizes.classifier_batch)],
+             runs / "classifier" / "classifier.pth", files.classifier)]
+    pretraining = [
+        Task(f"var d{depth}", "train_var", ["--data_path", str(data), "--vae", str(files.vqvae), "--depth", str(depth),
+                                            "--width", str(sizes.width),
+                                            *common(runs / f"var_d{depth}", steps, threads, sizes.batch_size)],
+             runs / f"var_d{depth}" / f"var_d{depth}.pth", target)
+        for depth, steps, target in ((sizes.large_depth, sizes.large_steps, files.large),
+                                     (sizes.small_depth, sizes.small_steps, files.small))]
+    finetuning = []
+    for n in sizes.draft_steps:
+        for role, make_argv, target in (("drafter", drafter_argv, files.drafter(n)),
+                                        ("refiner", refiner_argv, files.refiner(n))):
+            out = runs / f"{role}_{n}"
+            finetuning.append(Task(f"{role} N={n}", f"train_{role}", make_argv(data, files, out, n, sizes),
+                                   out / f"{role}_{n}.pth", target))
+    return [[make_data], tokenizer_and_judge, pretraining, finetuning]
+
+
+def run_wave(wave: list[Task], jobs: int, threads: int, log: list[str]) -> None:
+    """Run the tasks whose target is missing, up to `jobs` at a time in worker processes; stop on a failure."""
+    todo = [t for t in wave if not t.target.exists()]
+    for t in wave:
+        if t not in todo:
+            print(f"[{t.name}] exists: {t.target}", flush=True)
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_task, todo, [threads] * len(todo)))
+    else:
+        results = [run_task(t, threads) for t in todo]
+    for t, (status, seconds) in zip(todo, results):
+        if status != 0 or not t.target.exists():
+            raise SystemExit(f"[{t.name}] failed (status {status}); see its output above and {t.produced.parent}")
+        log.append(f"{t.name}: {seconds:.0f} s")
+        print(f"[{t.name}] done in {seconds:.0f} s -> {t.target}", flush=True)
+
+
+def copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def ship(files: MiniatureFiles, n: int, to: Path) -> None:
+    for src in (files.vqvae, files.classifier, files.large, files.small, files.drafter(n), files.refiner(n)):
+        copy(src, to / src.name)
+        print(f"shipped {to / src.name} ({src.stat().st_size / 2**20:.1f} MB)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes, start, work = PRESETS[args.preset], time.perf_counter(), Path(args.work)
+    files, log = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth), []
+    for wave in waves(work, sizes, args.threads):
+        run_wave(wave, args.jobs, args.threads, log)
+    evaluate_miniature.main(evaluate_miniature.parse_args([
+        "--ckpt_dir", str(files.root), "--data_path", str(work / "data"), "--out", str(work / "eval"),
+        "--draft_steps", ",".join(map(str, sizes.draft_steps)), "--per_class", str(sizes.eval_per_class),
+        "--large_depth", str(sizes.large_depth), "--small_depth", str(sizes.small_depth)]))
+    if args.ship:
+        ship(files, args.ship_draft_steps, Path(args.ship_dir))
+    print(f"stage times: {'; '.join(log) or 'all stages existed'}; total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))
