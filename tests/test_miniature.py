@@ -1,0 +1,221 @@
+"""The offline miniature (issue 6): the data set, the tokenizer's training, the quantiser's training forward,
+the shipped models, the evaluation and the whole pipeline on a toy budget."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import demo
+import evaluate_miniature
+import train_vqvae
+from conftest import TINY_VAE, randomize_
+from miniature import pipeline, shapes
+from miniature.checkpoints import SHIPPED, MiniatureFiles, load_tokenizer
+from miniature.classifier import load_classifier
+from miniature.metrics import accuracy, classify, frechet_distance, load_split
+from models import build_vae, generate, load_var
+from utils.cli import UsageError
+from utils.data import scan_image_folder
+from utils.dist import DistInfo
+from utils.images import read_png
+
+SHIPPED_N = 3  # the fine-tuned pair kept in miniature/checkpoints
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+
+def make_shapes(out: Path, *extra: str) -> Path:
+    shapes.main(shapes.parse_args(["--out", str(out), "--train_per_class", "2", "--val_per_class", "1", "--quiet",
+                                   *extra]))
+    return out
+
+
+def test_shapes_are_deterministic_per_image(tmp_path):
+    a, b = make_shapes(tmp_path / "a"), make_shapes(tmp_path / "b")
+    c = make_shapes(tmp_path / "c", "--seed", "1")
+    d = make_shapes(tmp_path / "d", "--train_per_class", "1", "--val_per_class", "0")
+    files = tree_bytes(a)
+    assert len(files) == 30 and files == tree_bytes(b)  # same seed: byte-identical
+    other = tree_bytes(c)
+    assert files.keys() == other.keys() and all(files[k] != other[k] for k in files)
+    assert tree_bytes(d) == {k: v for k, v in files.items() if k.startswith("train") and k.endswith("00000.png")}
+    classes, samples = scan_image_folder(a / "train")
+    assert classes == shapes.class_dirs() and [c for _, c in samples] == [i // 2 for i in range(20)]
+    assert read_png(samples[0][0]).shape == (16, 16, 3)
+
+
+def test_shapes_classes_share_colours_not_forms():
+    """Pairs of classes have one hue, so a sample's form decides its class; every form draws something."""
+    hues = [c.hue for c in shapes.CLASSES]
+    assert len(set(hues)) == 5 and all(hues.count(h) == 2 for h in hues)
+    rng = np.random.default_rng(0)
+    areas = [shapes.form_alpha(c.form, 32, rng).sum() for c in shapes.CLASSES]
+    assert min(areas) > 20 and len({round(a) for a in areas}) == len(areas)
+    with pytest.raises(ValueError, match="unknown form"):
+        shapes.form_alpha("hexagon", 16, rng)
+
+
+def test_quantizer_forward_is_f_to_tokens_with_gradients():
+    torch.manual_seed(0)
+    vae = randomize_(build_vae(**TINY_VAE), seed=3, std=0.1)
+    q = vae.quantize
+    f = vae.encode_latent(torch.rand(3, 3, 8, 8) * 2 - 1).detach().requires_grad_(True)
+    q.eval()
+    out = q(f)
+    assert torch.equal(out.f_hat, q.f_to_tokens(f, return_fhat=True)[-1])  # the same value, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(out.tokens, q.f_to_tokens(f)))
+    assert torch.equal(q.ema_vocab_hit_SV, torch.zeros_like(q.ema_vocab_hit_SV))  # eval mode keeps no statistics
+    w = torch.randn_like(f)
+    (out.f_hat * w).sum().backward(retain_graph=True)
+    assert torch.equal(f.grad, w)  # straight through: d f_hat / d f = identity
+    assert q.embedding.weight.grad is None
+    f.grad = None
+    out.loss.backward()
+    assert f.grad.abs().sum() > 0  # commitment reaches the encoder
+    assert q.embedding.weight.grad.abs().sum() > 0 and q.quant_resi.qresi_ls[0].weight.grad.abs().sum() > 0
+    assert 0 < float(out.usage.min()) and float(out.usage.max()) <= 1 and out.usage.shape == (4,)
+    q.train()
+    q(f.detach())
+    assert (q.ema_vocab_hit_SV.sum(1) > 0).all()
+    with pytest.raises(ValueError, match="last patch size"):
+        q(torch.zeros(1, 8, 5, 5))
+
+
+VQ_FLAGS = ["--ch", "32", "--ch_mult", "1,1", "--vocab_size", "64", "--z_channels", "8", "--patch_nums", "1,2,4,8",
+            "--batch_size", "8", "--log_every", "5", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    shapes.main(shapes.parse_args(["--out", str(root), "--train_per_class", "8", "--val_per_class", "2", "--quiet"]))
+    return root
+
+
+def train_vq(data: Path, out: Path, *extra: str) -> int:
+    return train_vqvae.main(train_vqvae.parse_args(["--data_path", str(data), "--output_dir", str(out), *VQ_FLAGS,
+                                                    *extra]))
+
+
+def recon_errors(vae, images: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        out = vae.tokens_to_img(vae.img_to_tokens(images))
+    return float((out - images).abs().mean()), float((out - images).square().mean())
+
+
+def test_train_vqvae_reconstruction_error_falls(shapes_data, tmp_path):
+    argv = ["--data_path", str(shapes_data), "--output_dir", str(tmp_path), *VQ_FLAGS, "--steps", "60", "--lr", "5e-3", "--batch_size", "16"]
+    args = train_vqvae.parse_args(argv)
+    torch.manual_seed(args.seed)  # as run_job does: the run's starting point
+    fresh = train_vqvae.make_job(args, DistInfo(0, 1, 0, torch.device("cpu"))).model.eval()
+    assert train_vqvae.main(args) == 0
+    trained = load_tokenizer(tmp_path / "vqvae.pth")  # the export carries its config: patch_nums come from the file
+    assert trained.patch_nums == (1, 2, 4, 8) and trained.config.image_size == 16
+    val = load_split(shapes_data / "val", 16)[0] * 2 - 1
+    (l1_0, mse_0), (l1, mse) = recon_errors(fresh, val), recon_errors(trained, val)
+    assert l1 < 0.8 * l1_0 and mse < 0.6 * mse_0, (l1_0, l1, mse_0, mse)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(5, 65, 5)) and {f"use{k}" for k in range(4)} <= log[-1].keys()
+
+
+def test_train_vqvae_resume_is_exact(shapes_data, tmp_path):
+    assert train_vq(shapes_data, tmp_path / "straight", "--steps", "4") == 0
+    assert train_vq(shapes_data, tmp_path / "split", "--steps", "4", "--stop_at", "2") == 0
+    assert not (tmp_path / "split" / "vqvae.pth").exists()
+    assert train_vq(shapes_data, tmp_path / "split", "--steps", "4", "--resume", "auto") == 0
+    a, b = (torch.load(tmp_path / d / "vqvae.pth", weights_only=True)["model"] for d in ("straight", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # another architecture cannot continue this run
+    assert train_vq(shapes_data, tmp_path / "split", "--steps", "4", "--resume", "auto", "--vocab_size", "32") == 2
+
+
+def test_frechet_distance_of_shifted_gaussians():
+    x = np.random.default_rng(0).normal(size=(500, 8)) @ np.diag(np.arange(1.0, 9.0))
+    assert abs(frechet_distance(x, x)) < 1e-6
+    assert frechet_distance(x, x + 3.0) == pytest.approx(9.0 * 8, rel=1e-6)
+    assert frechet_distance(x, 2 * x) > 10
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    files = MiniatureFiles(SHIPPED)
+    return files, load_tokenizer(files.vqvae), load_classifier(files.classifier)
+
+
+@pytest.fixture(scope="module")
+def shipped_accuracy(shipped):
+    """How often the shipped classifier names the requested class, 10 samples per class and chain (chance: 10%)."""
+    files, vae, clf = shipped
+    K, labels = vae.quantize.num_scales, torch.arange(10).repeat(10)
+    chains = {"large": ([files.large], [K]), "small": ([files.small], [K]),
+              "training-free": ([files.large, files.small], [SHIPPED_N, K]),
+              "fine-tuned": ([files.drafter(SHIPPED_N), files.refiner(SHIPPED_N)], [SHIPPED_N, K])}
+    out = {}
+    for name, (paths, stops) in chains.items():
+        images = generate(vae, [load_var(p) for p in paths], stops, labels, seed=0, cfg=2.0, top_k=0, top_p=1.0)
+        out[name] = accuracy(classify(clf, images)[0], labels)
+    return out
+
+
+@pytest.mark.parametrize("chain, floor", [("large", 0.65), ("small", 0.5), ("training-free", 0.5), ("fine-tuned", 0.6)])
+def test_shipped_models_draw_the_requested_class(shipped_accuracy, chain, floor):
+    """Far above chance, and above 50%: the colour alone (shared by two classes) would give 50%."""
+    assert shipped_accuracy[chain] >= floor, shipped_accuracy
+
+
+def test_shipped_large_model_beats_the_small_one(shipped_accuracy):
+    assert shipped_accuracy["large"] > shipped_accuracy["small"] + 0.05, shipped_accuracy
+
+
+def test_shipped_classifier_knows_the_real_images(shipped, shapes_data):
+    _, _, clf = shipped
+    classes, samples = scan_image_folder(shapes_data / "train")
+    images = torch.stack([torch.tensor(read_png(p)).permute(2, 0, 1) for p, _ in samples]).float() / 255
+    assert accuracy(classify(clf, images)[0], torch.tensor([c for _, c in samples])) >= 0.9
+
+
+def test_demo_draws_a_grid_offline(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    acc = demo.main(demo.parse_args(["--output", str(out), "--per_class", "2", "--upscale", "2"]))
+    assert read_png(out).shape == (2 * (2 * 17 + 1), 2 * (10 * 17 + 1), 3) and acc >= 0.3
+    assert "drafter_3.pth -> refiner_3.pth" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no fine-tuned pair for N=1"):
+        demo.main(demo.parse_args(["--output", str(out), "--draft_steps", "1"]))
+    with pytest.raises(UsageError, match="exceeds"):
+        demo.main(demo.parse_args(["--output", str(out), "--draft_steps", "7"]))
+
+
+def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
+    argv = ["--work", str(tmp_path / "work"), "--preset", "smoke", "--threads", "1", "--jobs", "2", "--ship",
+            "--ship_draft_steps", "2", "--ship_dir", str(tmp_path / "shipped")]
+    assert pipeline.main(pipeline.parse_args(argv)) == 0
+    table = (tmp_path / "work" / "eval" / "table.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table] == [
+        "setting", "real images (train)", "VQVAE reconstructions", "large VAR (d6)", "small VAR (d2)",
+        "CoDe N=2 training-free", "CoDe N=2 fine-tuned"]
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == [
+        "classifier.pth", "drafter_2.pth", "refiner_2.pth", "var_d2.pth", "var_d6.pth", "vqvae.pth"]
+    assert sorted(p.name for p in (tmp_path / "work" / "eval").glob("grid_*.png")) == [
+        "grid_code_n2_fine_tuned.png", "grid_code_n2_training_free.png", "grid_large_var_d6.png", "grid_small_var_d2.png"]
+    capsys.readouterr()
+    assert pipeline.main(pipeline.parse_args(argv[:4])) == 0  # everything exists: only the evaluation runs again
+    assert "all stages existed" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_a_draft_step_out_of_range(tmp_path, shapes_data):
+    with pytest.raises(UsageError, match="--draft_steps 6"):
+        evaluate_miniature.main(evaluate_miniature.parse_args(["--data_path", str(shapes_data), "--out",
+                                                                str(tmp_path), "--draft_steps", "6", "--per_class", "1"]))
+
+
+@pytest.mark.parametrize("script", ["train_vqvae", "train_var", "train_classifier", "evaluate_miniature", "demo",
+                                    "miniature.shapes", "miniature.pipeline"])
+def test_help(script, capsys):
+    module = __import__(script, fromlist=["parse_args"])
+    with pytest.raises(SystemExit) as e:
+        module.parse_args(["--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out
