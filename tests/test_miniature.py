@@ -189,6 +189,7 @@ def test_demo_draws_a_grid_offline(tmp_path, capsys):
         demo.main(demo.parse_args(["--output", str(out), "--draft_steps", "7"]))
 
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples of 128 features: singular covariances
 def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     argv = ["--work", str(tmp_path / "work"), "--preset", "smoke", "--threads", "1", "--jobs", "2", "--ship",
             "--ship_draft_steps", "2", "--ship_dir", str(tmp_path / "shipped")]
