@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from evaluate_miniature import add_sampling_args
-from miniature.checkpoints import SHIPPED, MiniatureFiles, load_tokenizer
+from miniature.files import SHIPPED, MiniatureFiles, load_tokenizer
 from miniature.classifier import load_classifier
 from miniature.metrics import accuracy, classify
 from models import load_var

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from miniature.checkpoints import SAMPLING, SHIPPED, MiniatureFiles, load_tokenizer
+from miniature.files import SAMPLING, SHIPPED, MiniatureFiles, load_tokenizer
 from miniature.classifier import load_classifier
 from miniature.metrics import accuracy, classify, frechet_distance, load_split
 from models import load_var

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch.nn as nn
 import torch.nn.functional as F
 
-from miniature.checkpoints import load_tokenizer
+from miniature.files import load_tokenizer
 from miniature.runner import Job, add_runner_args, check_runner_args, run_job
 from models import VAR, VARConfig
 from utils.data import scan_image_folder

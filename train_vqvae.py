@@ -9,7 +9,7 @@ commitment on the running sum f_hat after every scale); gradients reach the enco
 estimator (MultiScaleQuantizer.forward). The codebook is learned by that loss. The log reports, per scale, the
 fraction of the codebook one batch uses (use0, use1, ...); the export, the fraction in use over the last ~100
 steps. Writes OUTPUT_DIR/vqvae.pth: {"model": state dict, "config": VQVAEConfig}; models.load_vae reads it
-(give it the config's patch_nums, as miniature.checkpoints.load_tokenizer does).
+(give it the config's patch_nums, as miniature.files.load_tokenizer does).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import evaluate_miniature
-from miniature.checkpoints import SHIPPED, MiniatureFiles
+from miniature.files import SHIPPED, MiniatureFiles
 
 
 @dataclass(frozen=True)

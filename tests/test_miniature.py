@@ -12,7 +12,7 @@ import evaluate_miniature
 import train_vqvae
 from conftest import TINY_VAE, randomize_
 from miniature import pipeline, shapes
-from miniature.checkpoints import SHIPPED, MiniatureFiles, load_tokenizer
+from miniature.files import SHIPPED, MiniatureFiles, load_tokenizer
 from miniature.classifier import load_classifier
 from miniature.metrics import accuracy, classify, frechet_distance, load_split
 from models import build_vae, generate, load_var
