@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

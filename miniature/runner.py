@@ -18,14 +18,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils import train_setup as setup
 from utils.checkpoint import CheckpointError
-from utils.data import DataError, ImageFolder, ImageTransform
-from utils.dist import DistInfo, barrier, cleanup, init_distributed
+from utils.data import ImageFolder, ImageTransform
+from utils.dist import DistInfo, barrier
 from utils.optim import LRSchedule, build_optimizer
-from utils.sampler import ShardedBatchSampler
-from utils.train import LoopSettings, NonFiniteLoss, StepFn, Trainer
-from utils.train_args import ConfigError, nonneg_int, positive_int
-from utils.train_log import MetricLog, log, setup_logging
-from utils.train_run import fit
+from utils.train import LoopSettings, StepFn, Trainer
+from utils.train_args import nonneg_int, positive_int
+from utils.train_log import MetricLog, log
+from utils.train_run import fit, run_guarded
 from utils.train_state import CKPT_NAME, check_recipe, save_checkpoint
 
 
@@ -84,22 +83,12 @@ def check_runner_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> a
 
 def run_job(args: argparse.Namespace, make_job: Callable[[argparse.Namespace, DistInfo], Job]) -> int:
     """0 on success, 1 if the loss became non-finite, 2 for unusable data, checkpoints or flags."""
-    info = init_distributed(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    setup_logging(info, Path(args.output_dir))
-    try:
+    def body(info: DistInfo) -> None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)  # the fresh initialisation
         train(args, make_job(args, info), info)
-        return 0
-    except NonFiniteLoss as e:
-        log.error("error: %s. Stopping without saving", e)
-        return 1
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError) as e:
-        log.error("error: %s", e)
-        return 2
-    finally:
-        cleanup()
+    return run_guarded(args, body)
 
 
 def restore(job: Job, args: argparse.Namespace, recipe: dict) -> tuple[dict | None, int]:

@@ -50,10 +50,15 @@ class Plan:
 
 def run(args: argparse.Namespace, role: Role) -> int:
     """0 on success, 1 if the loss became non-finite, 2 for unusable data, checkpoints or flags."""
+    return run_guarded(args, lambda info: train(args, role, info))
+
+
+def run_guarded(args: argparse.Namespace, body: Callable[[DistInfo], None]) -> int:
+    """body(info) inside the torchrun process group, its failures turned into exit codes (see run)."""
     info = init_distributed(args.device)
     setup_logging(info, Path(args.output_dir))
     try:
-        train(args, role, info)
+        body(info)
         return 0
     except NonFiniteLoss as e:
         log.error("error: %s. Stopping without saving; the last good checkpoint (if any) is %s", e,
