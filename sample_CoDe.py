@@ -76,8 +76,7 @@ def generate_images(chain: Chain, keys: list[ImageKey], sampling: SamplingConfig
         f_hat = [chain.vae.quantize.tokens_to_fhat([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
         if fast is not None:
             return to_uint8(fast.decode(torch.cat(f_hat)))  # decode_chunk=1: each image on its own
-        images = [chain.vae.fhat_to_img(f) for f in f_hat]
-    return to_uint8(torch.cat(images).float().add_(1).mul_(0.5))
+        return to_uint8(torch.cat([chain.vae.fhat_to_unit(f) for f in f_hat]))
 
 
 def build_fast_path(chain: Chain, device: torch.device, dtype: torch.dtype) -> FastPath:

@@ -222,7 +222,7 @@ def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> 
 
         def eager_decode(f_hat):
             with autocast:
-                return vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
+                return vae.fhat_to_unit(f_hat)
         results.append(measure(case, "eager", eager_generate, eager_decode, device, args.warmup, args.repeats, floor))
     if args.check:  # before the fast path casts the weights
         with autocast:

@@ -224,7 +224,7 @@ def generate(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=Non
     """
     state = generate_state(vae, models, stops, labels, fast=fast, **kwargs)  # checks the chain first
     path = fast_path_for(fast, vae, models, stops)  # the FastPath generate_state used (kept, or the one given)
-    images = path.decode(state.f_hat) if path else vae.fhat_to_img(state.f_hat).float().add_(1).mul_(0.5)  # map to [0, 1] in fp32
+    images = path.decode(state.f_hat) if path else vae.fhat_to_unit(state.f_hat)
     if not return_tokens:
         return images
     return images, [t.view(t.shape[0], p, p) for t, p in zip(state.tokens, vae.patch_nums)]

@@ -73,17 +73,26 @@ class MultiScaleQuantizer(nn.Module):
         d = z_NC.square().sum(1, keepdim=True) + w.square().sum(1)
         return d.addmm_(z_NC, w.T, alpha=-2, beta=1).argmin(1)
 
+    def embed_scale(self, k: int, idx_Bl: torch.Tensor) -> torch.Tensor:
+        """Token map k -> its term of f_hat, phi(upsample(code vectors)), as (B, Cvae, H, W)."""
+        return self.phi(k, self.upsample(k, self.lookup(idx_Bl, k)))
+
+    def quantize_scale(self, k: int, f_rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of residual quantisation: the nearest codes of f_rest at scale k, and their f_hat term."""
+        B, C, H, W = f_rest.shape
+        if (H, W) != (self.patch_nums[-1],) * 2:
+            raise ValueError(f"latent is {H}x{W} but the last patch size is {self.patch_nums[-1]}")
+        p = self.patch_nums[k]
+        z = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+        idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
+        return idx, self.embed_scale(k, idx)
+
     @torch.no_grad()
     def f_to_tokens(self, f_BChw: torch.Tensor, return_fhat: bool = False) -> list[torch.Tensor]:
         """Residual quantisation of a latent: K token maps (B, p*p), or the running f_hat after each scale."""
-        B, C, H, W = f_BChw.shape
-        if (H, W) != (self.patch_nums[-1],) * 2:
-            raise ValueError(f"latent is {H}x{W} but the last patch size is {self.patch_nums[-1]}")
         f_rest, f_hat, out = f_BChw.detach().clone(), torch.zeros_like(f_BChw), []
-        for k, p in enumerate(self.patch_nums):
-            z = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
-            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
-            h = self.phi(k, self.upsample(k, self.lookup(idx, k)))
+        for k in range(self.num_scales):
+            idx, h = self.quantize_scale(k, f_rest)
             f_hat.add_(h)
             f_rest.sub_(h)
             out.append(f_hat.clone() if return_fhat else idx)
@@ -96,16 +105,11 @@ class MultiScaleQuantizer(nn.Module):
         and phi, beta * ||sg(f_hat_k) - f||^2 pulls the encoder towards its codes (VAR's tokenizer objective).
         The returned f_hat equals f_to_tokens' bit for bit; its gradient flows to f unchanged.
         """
-        B, C, H, W = f_BChw.shape
-        if (H, W) != (self.patch_nums[-1],) * 2:
-            raise ValueError(f"latent is {H}x{W} but the last patch size is {self.patch_nums[-1]}")
         f = f_BChw
         f_rest, f_hat = f.detach().clone(), torch.zeros_like(f)
         loss, usage, tokens = f.new_zeros(()), f.new_zeros(self.num_scales), []
-        for k, p in enumerate(self.patch_nums):
-            z = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
-            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
-            h = self.phi(k, self.upsample(k, self.lookup(idx, k)))
+        for k in range(self.num_scales):
+            idx, h = self.quantize_scale(k, f_rest)
             f_hat = f_hat + h
             f_rest.sub_(h.detach())
             loss = loss + F.mse_loss(f_hat, f.detach()) + self.beta * F.mse_loss(f_hat.detach(), f)
@@ -121,7 +125,7 @@ class MultiScaleQuantizer(nn.Module):
         """Sum of phi(upsample(embed)) over all K token maps: the latent the decoder reads."""
         f_hat = self.zeros_fhat(idx[0].shape[0])
         for k, idx_Bl in enumerate(idx):
-            f_hat.add_(self.phi(k, self.upsample(k, self.lookup(idx_Bl, k))))
+            f_hat.add_(self.embed_scale(k, idx_Bl))
         return f_hat
 
     def zeros_fhat(self, batch: int) -> torch.Tensor:
@@ -130,7 +134,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def next_input(self, k: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor | None:
         """Add token map k to f_hat (in place); return VAR's input for scale k+1 as (B, p*p, Cvae), or None."""
-        f_hat.add_(self.phi(k, self.upsample(k, self.lookup(idx_Bl, k))))
+        f_hat.add_(self.embed_scale(k, idx_Bl))
         if k == self.num_scales - 1:
             return None
         p = self.patch_nums[k + 1]

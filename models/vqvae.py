@@ -82,6 +82,10 @@ class VQVAE(nn.Module):
         """Latent f_hat -> images in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
+    def fhat_to_unit(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Latent f_hat -> images in [0, 1] as float32, mapped after the upcast so that autocast cannot round it."""
+        return self.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
+
     def tokens_to_img(self, idx: list[torch.Tensor]) -> torch.Tensor:
         """The full token pyramid -> images in [-1, 1]."""
         return self.fhat_to_img(self.quantize.tokens_to_fhat(idx))

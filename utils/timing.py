@@ -66,7 +66,7 @@ def timed_generation(chain: Chain, labels: torch.Tensor, sampling: SamplingConfi
                               fast=path or False)
 
     def decode(f_hat):
-        return path.decode(f_hat).mul_(2).sub_(1) if path else chain.vae.fhat_to_img(f_hat)
+        return path.decode(f_hat) if path else chain.vae.fhat_to_unit(f_hat)  # images in [0, 1]
 
     def run():
         with autocast(device, dtype):
@@ -79,4 +79,4 @@ def timed_generation(chain: Chain, labels: torch.Tensor, sampling: SamplingConfi
         torch.cuda.reset_peak_memory_stats(device)
     images, gen_s, dec_s = run()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return images.float().add_(1).mul_(0.5), Timing(labels.shape[0], gen_s, dec_s, peak)
+    return images, Timing(labels.shape[0], gen_s, dec_s, peak)
