@@ -4,6 +4,7 @@ import torch
 
 from code import box_mask, inpaint, make_edit, token_masks
 from conftest import tiny_var_like
+from utils.images import box_to_mask
 from tiny_checkpoints import one_thread  # noqa: F401 (fixture)
 
 
@@ -22,6 +23,15 @@ def test_a_token_is_generated_if_any_pixel_under_it_is_masked():
     assert masks[2].tolist() == [[True, True] + [False] * 7]
     assert masks[3][0].nonzero().flatten().tolist() == [1]
     assert not any(m.any() for m in token_masks(torch.zeros(2, 8, 8, dtype=torch.bool), (1, 2, 3, 4)))
+
+
+def test_box_mask_is_x_then_y():
+    mask = box_mask(8, (1, 2, 4, 7))  # x0, y0, x1, y1: columns 1..3, rows 2..6
+    rows, cols = mask[0].nonzero().unbind(1)
+    assert set(rows.tolist()) == {2, 3, 4, 5, 6} and set(cols.tolist()) == {1, 2, 3} and int(mask.sum()) == 15
+    assert torch.equal(box_to_mask((1, 2, 4, 7), (8, 8), 8), mask)  # the CLI's --mask x0,y0,x1,y1
+    wide = box_to_mask((8, 0, 16, 8), (16, 8), 8)  # the right half of a 16x8 image; the centre crop keeps 4..11
+    assert wide[0, :, 4:].all() and not wide[0, :, :4].any()
 
 
 @pytest.mark.parametrize("chain", ["var", "code"])

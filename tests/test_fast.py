@@ -84,6 +84,21 @@ def test_fast_path_gives_the_eager_tokens(chain, name, greedy):
     assert len(path.steps._steps) == 2 * 4  # (with logits, without) x one pass per scale; the second call reuses them
 
 
+def test_one_path_serves_new_sampling_settings(chain):
+    """A path reused with other cfg / top-k / top-p / temperature / greedy settings must not replay a stale step."""
+    vae, drafter, refiner = chain
+    models, stops = [drafter, refiner], [2, 4]
+    path = FastPath(vae, models, stops)
+    settings = [CODE_KW, {**CODE_KW, "cfg": 0.5}, {**CODE_KW, "top_k": 3}, {**CODE_KW, "top_p": 0.5},
+                {**CODE_KW, "temperature": 3.0}, {**CODE_KW, "greedy": True}, CODE_KW]
+    seen = []
+    for kw in settings:
+        eager = generate_state(vae, models, stops, [1, 2, 3], seed=4, **kw)
+        assert_same_state(eager, generate_state(vae, models, stops, [1, 2, 3], seed=4, fast=path, **kw), False)
+        seen.append(eager.tokens)
+    assert all(any(not torch.equal(a, b) for a, b in zip(seen[0], s)) for s in seen[1:-1])  # each setting matters
+
+
 def test_fast_true_keeps_one_path_and_matches_generate(chain):
     vae, drafter, refiner = chain
     fast_mod.release()

@@ -38,6 +38,16 @@ def test_temperature_applies_after_filtering():
     assert 0.45 < frac < 0.55
 
 
+def test_temperature_does_not_move_the_nucleus():
+    """top_p keeps {0, 1} of these logits; a temperature of 3 applied before the filter would keep {0, 1, 2}."""
+    logits = torch.tensor([[[2.0, 1.0, 0.0, -1.0]]]).repeat(1, 4000, 1)
+    g = torch.Generator().manual_seed(0)
+    idx = sample_tokens(logits.clone(), top_k=0, top_p=0.7, temperature=3.0, generator=g)
+    assert set(idx.unique().tolist()) == {0, 1}
+    expected = 1 / (1 + torch.tensor(1 / 3).exp().item())  # p(1) = e^(1/3) / (e^(2/3) + e^(1/3))
+    assert abs((idx == 1).float().mean().item() - expected) < 0.03
+
+
 def test_sampler_draws_one_multinomial_like_published():
     logits = torch.randn(2, 3, 16)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)

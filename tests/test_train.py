@@ -144,16 +144,20 @@ def test_resume_refuses_a_different_recipe(assets, tmp_path, capsys):
 
 
 def test_two_processes_match_one_process(assets, tmp_path):
-    """torchrun with 2 gloo ranks x batch 2 == 1 process x batch 2 x 2 accumulation (global batch 4)."""
-    recipe = ["--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0"]
-    assert run(train_drafter, args_for(assets, tmp_path / "one", *recipe)) == 0
+    """torchrun with 2 gloo ranks x 2 micro-batches of 1 == 1 process x 4 micro-batches of 1 (global batch 4):
+    gradients are accumulated locally and all-reduced once, on the last micro-batch of each step."""
+    recipe = ["--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0",
+              "--batch_size", "1"]
+    one = args_for(assets, tmp_path / "one", *recipe)
+    one[one.index("--grad_accum") + 1] = "4"
+    assert run(train_drafter, one) == 0
     argv = args_for(assets, tmp_path / "two", *recipe)
     argv[argv.index("--grad_accum"): argv.index("--grad_accum") + 2] = ["--global_batch", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "train_drafter.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(2/GPU x 1 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
+    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
     one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
     init = weights(assets / "d2.pth")
     # The all-reduce sums gradients in another order than accumulation does, and Adam's first steps divide by
