@@ -6,7 +6,8 @@
 
 Fine-tuned pairs drafter_<N>.pth / refiner_<N>.pth come from the Hugging Face repo Zigeng/VAR_CoDe (published
 for N = 6, 7, 8, 9 with a d30 drafter and a d16 refiner); --training_free uses var_d<depth>.pth from
-FoundationVision/var instead. Weights stay float32; generation runs under torch.autocast(--dtype) as published.
+FoundationVision/var instead. Weights stay float32 and generation runs under torch.autocast(--dtype), as
+published; --fast loads the linear weights in --dtype instead and runs the compiled, graph-captured path.
 
 Editing (zero-shot inpainting, outpainting, class-conditional editing): --image is centre-cropped and resized to
 the model's resolution; --mask is a PNG the size of the image (non-zero = generate) or a box x0,y0,x1,y1 in the
@@ -17,11 +18,12 @@ from __future__ import annotations
 import argparse
 import re
 
-from code.editing import expand_edit, make_edit
-from models.generation import TokenEdit
-from utils.cli import UsageError, add_sampling_args, code_temperature, exit_on_error, sampling_config, setup_logging
-from utils.cli_models import Chain, add_code_args, load_code
-from utils.demo import add_demo_args, demo_labels, flatten_labels, prepare, run_demo
+from cli.args import (UsageError, add_sampling_args, autocast, code_temperature, exit_on_error, sampling_config,
+                      setup_logging)
+from cli.checkpoints import add_code_args, load_code
+from cli.demo import add_demo_args, demo_labels, flatten_labels, prepare, save_and_report
+from cli.timing import timed_generation
+from code import CollaborativeDecoder, FastPath, TokenEdit, expand_edit, make_edit
 from utils.images import box_to_mask, load_image, load_mask
 
 BOX = re.compile(r"\d+,\d+,\d+,\d+")
@@ -41,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return flatten_labels(args)
 
 
-def load_edit(args: argparse.Namespace, chain: Chain, batch: int) -> TokenEdit:
-    size = chain.vae.config.image_size
+def load_edit(args: argparse.Namespace, decoder: CollaborativeDecoder, batch: int) -> TokenEdit:
+    size = decoder.vae.config.image_size
     try:
         image, original = load_image(args.image, size)
         if BOX.fullmatch(args.mask):
@@ -51,17 +53,24 @@ def load_edit(args: argparse.Namespace, chain: Chain, batch: int) -> TokenEdit:
             mask = load_mask(args.mask, original, size)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return expand_edit(make_edit(chain.vae, image, mask), batch)
+    return expand_edit(make_edit(decoder.vae, image, mask), batch)
 
 
 def main(args: argparse.Namespace):
     setup_logging()
-    device, dtype = prepare(args)
-    chain = load_code(args, device)
-    sampling = sampling_config(args, chain.num_scales, code_temperature(chain.num_scales))
-    labels = demo_labels(args, chain, device)
-    edit = load_edit(args, chain, labels.shape[0]) if args.image is not None else None
-    return run_demo(args, chain, sampling, labels, device, dtype, edit)
+    device, dtype, linear_dtype = prepare(args)
+    decoder, files = load_code(args, device, linear_dtype)  # the drafter, then the refiner, and the VQVAE
+    sampling = sampling_config(args, decoder.num_scales, code_temperature(decoder.num_scales))
+    labels = demo_labels(args, decoder.num_classes, device)
+    edit = load_edit(args, decoder, labels.shape[0]) if args.image is not None else None
+    with autocast(device, dtype):
+        fast = FastPath(decoder) if args.fast else None
+        images, timing = timed_generation(
+            device, labels.shape[0],
+            lambda: decoder.state(labels, seed=args.seed, sampling=sampling, edit=edit, fast=fast or False),
+            lambda state: decoder.decode(state.f_hat, fast))
+    save_and_report(args, files, images, timing, device, dtype)
+    return images, timing
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@
     python infer_original.py --model_ckpt my_var.pth --vae_ckpt vae.pth --class_labels 1 2 3 --device cpu
 
 Weights are var_d<depth>.pth and vae_ch160v4096z32.pth from the Hugging Face repo FoundationVision/var (or
---ckpt_dir, or explicit paths). Weights stay float32; generation runs under torch.autocast(--dtype) as published.
+--ckpt_dir, or explicit paths). Weights stay float32 and generation runs under torch.autocast(--dtype), as
+published; --fast loads the linear weights in --dtype instead and runs the compiled, graph-captured path.
 """
 from __future__ import annotations
 
 import argparse
 
-from utils.cli import add_sampling_args, exit_on_error, sampling_config, setup_logging
-from utils.cli_models import add_var_args, load_plain
-from utils.demo import add_demo_args, demo_labels, flatten_labels, prepare, run_demo
+from cli.args import add_sampling_args, autocast, exit_on_error, sampling_config, setup_logging
+from cli.checkpoints import add_var_args, load_plain
+from cli.demo import add_demo_args, demo_labels, flatten_labels, prepare, save_and_report
+from cli.timing import timed_generation
+from code import FastPath
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,10 +28,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace):
     setup_logging()
-    device, dtype = prepare(args)
-    chain = load_plain(args, device)
-    sampling = sampling_config(args, chain.num_scales, default_temperature=1.0)
-    return run_demo(args, chain, sampling, demo_labels(args, chain, device), device, dtype)
+    device, dtype, linear_dtype = prepare(args)
+    decoder, files = load_plain(args, device, linear_dtype)  # a CollaborativeDecoder of one model
+    sampling = sampling_config(args, decoder.num_scales, default_temperature=1.0)
+    labels = demo_labels(args, decoder.num_classes, device)
+    with autocast(device, dtype):
+        fast = FastPath(decoder) if args.fast else None
+        images, timing = timed_generation(
+            device, labels.shape[0],
+            lambda: decoder.state(labels, seed=args.seed, sampling=sampling, fast=fast or False),
+            lambda state: decoder.decode(state.f_hat, fast))
+    save_and_report(args, files, images, timing, device, dtype)
+    return images, timing
 
 
 if __name__ == "__main__":

@@ -32,17 +32,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.fast import FastPath
-from models.generation import generate_state
-from models.sampling import SamplingConfig
-from utils.cli import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
-                       exit_on_error, int_list, positive_int, resolve_device, resolve_dtype, sampling_config,
-                       setup_logging, writable_dir)
-from utils.cli_models import Chain, add_code_args, load_code
+from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
+                      exit_on_error, int_list, positive_int, resolve_device, resolve_dtype, sampling_config,
+                      setup_logging, writable_dir)
+from cli.checkpoints import add_code_args, load_code
+from cli.samples import (SEED_STRIDE, ImageKey, check_settings, image_seed, pending, plan, remove_temp_files, shard,
+                         write_npz)
+from code import CollaborativeDecoder, FastPath, SamplingConfig
 from utils.dist import DistInfo, barrier, cleanup, init_distributed
 from utils.images import save_png, to_uint8
-from utils.sample_folder import (SEED_STRIDE, ImageKey, check_settings, image_seed, pending, plan, remove_temp_files,
-                                 shard, write_npz)
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +63,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def generate_images(chain: Chain, keys: list[ImageKey], sampling: SamplingConfig, seed: int,
+def generate_images(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling: SamplingConfig, seed: int,
                     device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> np.ndarray:
     """(B, H, W, 3) uint8; each image from its own generator, decoded on its own (see the module docstring)."""
     generators = [torch.Generator(device=device).manual_seed(image_seed(seed, k)) for k in keys]
     labels = torch.tensor([k.cls for k in keys], device=device)
     with autocast(device, dtype):
-        state = generate_state(chain.vae, chain.models, chain.stops, labels, generator=generators, sampling=sampling,
-                               fast=fast or False)
-        f_hat = [chain.vae.quantize.tokens_to_fhat([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
+        state = decoder.state(labels, generator=generators, sampling=sampling, fast=fast or False)
+        vae = decoder.vae
+        f_hat = [vae.quantize.tokens_to_fhat([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
         if fast is not None:
             return to_uint8(fast.decode(torch.cat(f_hat)))  # decode_chunk=1: each image on its own
-        return to_uint8(torch.cat([chain.vae.fhat_to_unit(f) for f in f_hat]))
+        return to_uint8(torch.cat([vae.fhat_to_unit(f) for f in f_hat]))
 
 
-def build_fast_path(chain: Chain, device: torch.device, dtype: torch.dtype) -> FastPath:
-    """Built inside the run's autocast, so that the weights are cast to the dtype generation computes in."""
+def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype) -> FastPath:
+    """Built inside the run's autocast, so that its decoder copy takes the dtype generation computes in."""
     with autocast(device, dtype):
-        return FastPath(chain.vae, chain.models, chain.stops, decode_chunk=1)
+        return FastPath(decoder, decode_chunk=1)
 
 
 def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None:
@@ -90,11 +88,12 @@ def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None
         save_png(image, images / key.filename)
 
 
-def settings(args: argparse.Namespace, chain: Chain, sampling: SamplingConfig, dtype: torch.dtype) -> dict:
+def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, files: list[Path], sampling: SamplingConfig,
+             dtype: torch.dtype) -> dict:
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
-                temperature=sampling.temperature, stops=chain.stops, checkpoints=chain.files, dtype=str(dtype),
-                fast=not args.eager)
+                temperature=sampling.temperature, stops=decoder.stops, checkpoints=[p.name for p in files],
+                dtype=str(dtype), fast=not args.eager)
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
@@ -105,24 +104,25 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     images = folder / "images"
     if dist.is_main:
         writable_dir(images)
-    chain = load_code(args, device)
-    sampling = sampling_config(args, chain.num_scales, code_temperature(chain.num_scales))
-    classes = sorted(set(args.classes if args.classes is not None else range(chain.num_classes)))
-    check_labels(classes, chain.num_classes, "--classes")
+    linear_dtype = None if args.eager or dtype == torch.float32 else dtype  # the fast path's weights
+    decoder, files = load_code(args, device, linear_dtype)
+    sampling = sampling_config(args, decoder.num_scales, code_temperature(decoder.num_scales))
+    classes = sorted(set(args.classes if args.classes is not None else range(decoder.num_classes)))
+    check_labels(classes, decoder.num_classes, "--classes")
     keys = plan(classes, args.per_class)
     if dist.is_main:
-        check_settings(folder, settings(args, chain, sampling, dtype))
+        check_settings(folder, settings(args, decoder, files, sampling, dtype))
         if removed := remove_temp_files(images):
             log.info(f"removed {removed} temporary files left by an interrupted run")
     barrier()
-    fast = None if args.eager else build_fast_path(chain, device, dtype)
+    fast = None if args.eager else build_fast_path(decoder, device, dtype)
     todo = pending(shard(keys, dist.rank, dist.world_size), images)
     log.info(f"{len(keys)} images in all; rank 0 of {dist.world_size} has {len(todo)} still to generate")
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            write_images(images, batch, generate_images(chain, batch, sampling, args.seed, device, dtype, fast))
+            write_images(images, batch, generate_images(decoder, batch, sampling, args.seed, device, dtype, fast))
             bar.update(len(batch))
     barrier()
     if not dist.is_main:

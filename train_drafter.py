@@ -15,32 +15,40 @@ import torch
 
 from code.losses import drafter_ce
 from models import VAR, VQVAE
-from utils.dist import DistInfo
-from utils.train import Batch, StepFn
-from utils.train_args import check_args, training_parser
-from utils.train_run import Role, run
+from training.args import Defaults, add_finetune_args, check_run_args, finetune_config, run_config, training_parser
+from training.config import FinetuneConfig
+from training.run import run
+from training.var_jobs import Batch, finetune_job
+
+DEFAULTS = Defaults(output_dir="output/drafter", lr=1e-6, wd=0.08, epochs=17.5)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser("drafter", __doc__, lr=1e-6, wd=0.08, epochs=17.5, depth=30)
-    return check_args(p, p.parse_args(argv))
+    p = training_parser(__doc__, DEFAULTS)
+    add_finetune_args(p, "drafter", depth=30)
+    args = check_run_args(p, p.parse_args(argv))
+    args.finetune = finetune_config(p, args, "drafter")
+    return args
 
 
-def make_step_fn(args: argparse.Namespace, student: VAR, vae: VQVAE, info: DistInfo,
-                 total_steps: int) -> tuple[StepFn, int]:
+def drafter_objective(draft_steps: int):
     """Teacher-forced pass over scales 1..N, cross-entropy on them."""
-    N, offsets = args.draft_steps, student.config.offsets
+    def objective(student: VAR, vae: VQVAE, device: torch.device):
+        offsets = student.config.offsets
 
-    def step_fn(model: torch.nn.Module, batch: Batch, step: int):
-        logits_BlV = model(batch.labels_B, batch.inputs, stop_scale=N)
-        ce = drafter_ce(logits_BlV, batch.gt_BL, N, offsets)
-        return ce, {"ce": ce.detach()}
+        def step_fn(model: torch.nn.Module, batch: Batch, step: int, total_steps: int):
+            logits_BlV = model(batch.labels_B, batch.inputs, stop_scale=draft_steps)
+            ce = drafter_ce(logits_BlV, batch.gt_BL, draft_steps, offsets)
+            return ce, {"ce": ce.detach()}
 
-    return step_fn, offsets[N]
+        return step_fn, offsets[draft_steps]
+    return objective
 
 
 def main(args: argparse.Namespace) -> int:
-    return run(args, Role("drafter", make_step_fn))
+    cfg: FinetuneConfig = args.finetune
+    return run(run_config(args), lambda config, info, resume: finetune_job(cfg, info, resume,
+                                                                           drafter_objective(cfg.draft_steps)))
 
 
 if __name__ == "__main__":

@@ -17,56 +17,53 @@ import torch
 
 from code.losses import RefinerLoss, kd_lambda
 from models import VAR, VQVAE, load_var
-from models.generation import check_compatible
-from utils.dist import DistInfo
+from training.args import (Defaults, add_distill_args, add_finetune_args, check_run_args, distill_config,
+                           finetune_config, run_config, training_parser)
+from training.config import DistillConfig, FinetuneConfig
+from training.run import run
+from training.var_jobs import Batch, finetune_job, fits
 from utils.hub import var_file
-from utils.train import Batch, StepFn
-from utils.train_args import check_args, positive_int, training_parser
-from utils.train_run import Role, run
+
+DEFAULTS = Defaults(output_dir="output/refiner", lr=1e-5, wd=0.0, epochs=50.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser("refiner", __doc__, lr=1e-5, wd=0.0, epochs=50.0, depth=16)
-    p.add_argument("--teacher_depth", type=positive_int, default=30, help="depth of the teacher (default %(default)s)")
-    p.add_argument("--teacher", default=None, help="teacher weights: a path or a published name "
-                                                   "(default var_d{teacher_depth}.pth from Hugging Face)")
-    p.add_argument("--kd_temperature", type=float, default=1.0,
-                   help="softmax temperature T of both distributions in KL(teacher || student); the KL is "
-                        "multiplied by T^2 (default %(default)g)")
-    p.add_argument("--ce_weight", type=float, default=0.0,
-                   help="weight of a cross-entropy term against the ground-truth tokens, with the same per-scale "
-                        "weights as the KL (default %(default)g: distillation only, as in the paper)")
-    args = check_args(p, p.parse_args(argv))
-    if args.kd_temperature <= 0 or args.ce_weight < 0:
-        p.error("--kd_temperature must be > 0 and --ce_weight >= 0")
+    p = training_parser(__doc__, DEFAULTS)
+    add_finetune_args(p, "refiner", depth=16)
+    add_distill_args(p)
+    args = check_run_args(p, p.parse_args(argv))
+    args.finetune, args.distill = finetune_config(p, args, "refiner"), distill_config(p, args)
     return args
 
 
-def load_teacher(args: argparse.Namespace, student: VAR, vae: VQVAE, device: torch.device) -> VAR:
-    teacher = load_var(args.teacher or var_file(args.teacher_depth), depth=args.teacher_depth, device=device,
-                       ckpt_dir=args.ckpt_dir)
-    check_compatible(vae, [student, teacher])
+def load_teacher(cfg: DistillConfig, student: VAR, vae: VQVAE, device: torch.device, ckpt_dir: str | None) -> VAR:
+    source = cfg.teacher or var_file(cfg.teacher_depth)
+    teacher = load_var(source, depth=cfg.teacher_depth, device=device, ckpt_dir=ckpt_dir)
+    fits(vae, [student, teacher], f"the teacher ({source})")
     return teacher.eval().requires_grad_(False)
 
 
-def make_step_fn(args: argparse.Namespace, student: VAR, vae: VQVAE, info: DistInfo,
-                 total_steps: int) -> tuple[StepFn, int]:
+def refiner_objective(finetune: FinetuneConfig, distill: DistillConfig):
     """KD against the frozen teacher on every scale, the drafted ones weighted by the lambda schedule."""
-    teacher = load_teacher(args, student, vae, info.device)
-    loss_fn = RefinerLoss(args.draft_steps, student.config.offsets, args.kd_temperature, args.ce_weight)
+    def objective(student: VAR, vae: VQVAE, device: torch.device):
+        teacher = load_teacher(distill, student, vae, device, finetune.ckpt_dir)
+        loss_fn = RefinerLoss(finetune.draft_steps, student.config.offsets, distill.kd_temperature, distill.ce_weight)
 
-    def step_fn(model: torch.nn.Module, batch: Batch, step: int):
-        lam = kd_lambda(step, total_steps)
-        with torch.no_grad():
-            teacher_BLV = teacher(batch.labels_B, batch.inputs)
-        loss, parts = loss_fn(model(batch.labels_B, batch.inputs), teacher_BLV, batch.gt_BL, lam)
-        return loss, {**parts, "lambda": torch.tensor(lam, dtype=torch.float64)}
+        def step_fn(model: torch.nn.Module, batch: Batch, step: int, total_steps: int):
+            lam = kd_lambda(step, total_steps)
+            with torch.no_grad():
+                teacher_BLV = teacher(batch.labels_B, batch.inputs)
+            loss, parts = loss_fn(model(batch.labels_B, batch.inputs), teacher_BLV, batch.gt_BL, lam)
+            return loss, {**parts, "lambda": torch.tensor(lam, dtype=torch.float64)}
 
-    return step_fn, student.config.seq_len
+        return step_fn, student.config.seq_len
+    return objective
 
 
 def main(args: argparse.Namespace) -> int:
-    return run(args, Role("refiner", make_step_fn))
+    finetune, distill = args.finetune, args.distill
+    return run(run_config(args), lambda config, info, resume: finetune_job(
+        finetune, info, resume, refiner_objective(finetune, distill), distill.recipe()))
 
 
 if __name__ == "__main__":

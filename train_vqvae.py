@@ -8,8 +8,8 @@ Objective: L1 + L2 reconstruction of images in [-1, 1], plus the quantiser's los
 commitment on the running sum f_hat after every scale); gradients reach the encoder through a straight-through
 estimator (MultiScaleQuantizer.forward). The codebook is learned by that loss. The log reports, per scale, the
 fraction of the codebook one batch uses (use0, use1, ...); the export, the fraction in use over the last ~100
-steps. Writes OUTPUT_DIR/vqvae.pth: {"model": state dict, "config": VQVAEConfig}; models.load_vae reads it
-(give it the config's patch_nums, as miniature.files.load_tokenizer does).
+steps. Writes OUTPUT_DIR/vqvae.pth: {"model": state dict, "config": VQVAEConfig}; models.load_vae reads it,
+patch_nums included.
 """
 from __future__ import annotations
 
@@ -21,12 +21,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from miniature.runner import ImageBatch, Job, add_runner_args, check_runner_args, image_batch, run_job
 from models import VQVAE, VQVAEConfig
 from models.quant import QuantOutput
+from training.args import Defaults, check_run_args, run_config, training_parser
+from training.log import log
+from training.run import Job, run
+from training.vision_jobs import ImageBatch, image_batches
 from utils.checkpoint import atomic_save
 from utils.dist import DistInfo
-from utils.train_log import log
+
+# peak lr 2e-3 at batch 32: the base rate per 256 images is 1.6e-2
+DEFAULTS = Defaults(output_dir="outputs/vqvae", lr=1.6e-2, wd=0.0, max_steps=1500, batch_size=32, global_batch=None,
+                    schedule="cosine", warmup_ratio=0.05, clip=1.0, num_workers=0, save_every=0)
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
@@ -37,8 +43,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runner_args(p, steps=1500, batch_size=32, lr=2e-3, wd=0.0, output_dir="outputs/vqvae")
+    p = training_parser(__doc__, DEFAULTS)
     a = p.add_argument_group("model (miniature defaults: 16x16 images -> an 8x8 latent in 6 scales)").add_argument
     a("--ch", type=int, default=32, help="base width, a multiple of 32 (default %(default)s)")
     a("--ch_mult", type=int_tuple, default=(1, 1), help="width multipliers per level; 2^(levels-1) downsampling")
@@ -47,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--z_channels", type=int, default=8, help="latent channels, Cvae (default %(default)s)")
     a("--patch_nums", type=int_tuple, default=(1, 2, 3, 4, 6, 8), help="token-map sides; the last is the latent's")
     a("--beta", type=float, default=0.25, help="commitment weight (default %(default)g)")
-    args = check_runner_args(p, p.parse_args(argv))
+    args = check_run_args(p, p.parse_args(argv))
     try:
         args.config = VQVAEConfig(vocab_size=args.vocab_size, z_channels=args.z_channels, ch=args.ch,
                                   ch_mult=args.ch_mult, num_res_blocks=args.num_res_blocks,
@@ -69,7 +74,7 @@ class Autoencoder(nn.Module):
         return self.vae.decoder(self.vae.post_quant_conv(q.f_hat)), q  # unclamped, so that gradients pass
 
 
-def step_fn(module: nn.Module, batch: ImageBatch, step: int):
+def step_fn(module: nn.Module, batch: ImageBatch, step: int, total_steps: int):
     recon, q = module(batch.images)
     l1, l2 = F.l1_loss(recon, batch.images), F.mse_loss(recon, batch.images)
     parts = {"l1": l1.detach(), "mse": l2.detach(), "vq": q.loss.detach()}
@@ -95,12 +100,12 @@ def make_job(args: argparse.Namespace, info: DistInfo) -> Job:
     vae = VQVAE(args.config)
     V = args.config.vocab_size  # codes start near 0, inside the encoder's range: every code is some vector's nearest
     nn.init.uniform_(vae.quantize.embedding.weight, -1 / V, 1 / V)
-    return Job("vqvae", vae, step_fn, image_batch(info.device), export, args.config.image_size,
+    return Job("vqvae", vae, step_fn, image_batches(info.device), export, args.config.image_size,
                module=Autoencoder(vae))
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_job(args, make_job)
+    return run(run_config(args), lambda config, info, resume: make_job(args, info))
 
 
 if __name__ == "__main__":

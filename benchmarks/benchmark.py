@@ -7,7 +7,8 @@
 
 Weights are random (the speed does not depend on their values): models are built on the meta device and
 materialised directly on the target device. The eager path is the published-like configuration (fp32 weights
-under bf16 autocast, op by op); the fast path is models.fast (bf16 linear weights, compiled, CUDA graphs).
+under bf16 autocast, op by op); the fast path is code.fast (the same weights with the linear layers cast to bf16,
+compiled, CUDA graphs).
 Latency is the generation of all token maps for one batch (CFG on), without the VQVAE decoder as in the paper,
 and with it; CUDA events, median of --repeats runs after --warmup runs. The matmul floor is the FLOP count of
 all linear layers and attention (incl. the CFG-doubled batch) over a measured bf16 matmul rate.
@@ -26,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.fast import FastPath, cast_linear_weights_  # noqa: E402
-from models.generation import TokenEdit, generate_state  # noqa: E402
-from models.var import VAR, VARConfig, derived_buffers  # noqa: E402
-from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
+from code import CollaborativeDecoder, FastPath, TokenEdit  # noqa: E402
+from models import VAR, VQVAE, VARConfig, VQVAEConfig, cast_linear_weights_  # noqa: E402
+from models.var import derived_buffers  # noqa: E402
 
 CASES = ("var-d30", "var-d16", "code-9", "code-8", "code-7", "code-6")
 VAR_SAMPLING = dict(cfg=1.5, top_k=900, top_p=0.96)
@@ -100,10 +100,9 @@ def materialise_(model: torch.nn.Module, device: torch.device, seed: int) -> tor
     return model.eval().requires_grad_(False)
 
 
-def random_var(depth: int, device: torch.device, linear_dtype: torch.dtype, tiny: bool, seed: int) -> VAR:
+def random_var(depth: int, device: torch.device, tiny: bool, seed: int) -> VAR:
     with torch.device("meta"):
         model = VAR(VARConfig(depth=TINY_DEPTH.get(depth, depth), **(TINY_VAR if tiny else {})))
-    cast_linear_weights_(model, linear_dtype)  # on meta: free
     materialise_(model, device, seed)
     with torch.no_grad():
         for name, value in derived_buffers(model.config).items():
@@ -188,29 +187,29 @@ def measure(case: str, path: str, generate, decode, device, warmup: int, repeats
 
 # ---- cases ------------------------------------------------------------------------------------------
 def case_chain(case: str) -> tuple[list[int], list[int], dict]:
-    """(depths, stops, sampling) of a published configuration."""
+    """(depths, draft steps, sampling) of a published configuration."""
     if case.startswith("var-d"):
-        return [int(case[5:])], [10], VAR_SAMPLING
+        return [int(case[5:])], [], VAR_SAMPLING
     n = int(case.split("-")[1])
-    return [30, 16], [n, 10], CODE_SAMPLING
+    return [30, 16], [n], CODE_SAMPLING
 
 
-def check_fast(case: str, vae: VQVAE, models, stops, labels, sampling, ref, fast: FastPath) -> str:
+def check_fast(case: str, decoder: CollaborativeDecoder, labels, sampling, ref, fast: FastPath) -> str:
     """A Markdown row: fast vs eager logits with the eager tokens forced at every scale (so that each scale sees
     the same inputs: the error is numerics alone), and the share of equal tokens in a free run at the same seed."""
     forced = TokenEdit(ref.tokens, [torch.zeros_like(t, dtype=torch.bool) for t in ref.tokens])
-    got = generate_state(vae, models, stops, labels, seed=0, keep_logits=True, edit=forced, fast=fast, **sampling)
+    got = decoder.state(labels, seed=0, keep_logits=True, edit=forced, fast=fast, **sampling)
     errors = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got.logits, ref.logits)]
-    free = generate_state(vae, models, stops, labels, seed=0, fast=fast, **sampling)
+    free = decoder.state(labels, seed=0, fast=fast, **sampling)
     same = sum(int((a == b).sum()) for a, b in zip(free.tokens, ref.tokens)) / sum(t.numel() for t in ref.tokens)
     return f"| {case} | {max(errors):.2e} | {errors[0]:.2e} | {same:.4f} |"
 
 
 def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> tuple[list[Result], list[str]]:
-    depths, stops, sampling = case_chain(case)
-    linear_dtype = torch.float32 if args.eager or device.type != "cuda" else torch.bfloat16
-    models = [random_var(d, device, linear_dtype, args.tiny, seed=10 + i) for i, d in enumerate(depths)]
-    floor = chain_flops([m.config for m in models], stops, args.batch_size) / rate
+    depths, draft_steps, sampling = case_chain(case)
+    models = [random_var(d, device, args.tiny, seed=10 + i) for i, d in enumerate(depths)]
+    decoder = CollaborativeDecoder(vae, models, draft_steps)
+    floor = chain_flops([m.config for m in models], decoder.stops, args.batch_size) / rate
     labels = torch.randint(0, models[0].config.num_classes, (args.batch_size,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -218,21 +217,25 @@ def run_case(case: str, vae: VQVAE, args, device: torch.device, rate: float) -> 
     if args.eager:  # published-like: fp32 weights, bf16 autocast, op by op
         def eager_generate():
             with autocast:
-                return generate_state(vae, models, stops, labels, seed=0, **sampling)
+                return decoder.state(labels, seed=0, **sampling)
 
         def eager_decode(f_hat):
             with autocast:
                 return vae.fhat_to_unit(f_hat)
         results.append(measure(case, "eager", eager_generate, eager_decode, device, args.warmup, args.repeats, floor))
-    if args.check:  # before the fast path casts the weights
+    ref = None
+    if args.check:
         with autocast:
-            ref = generate_state(vae, models, stops, labels, seed=0, keep_logits=True, **sampling)
-    fast = FastPath(vae, models, stops, compile=args.compile, cuda_graphs=args.graphs, decode_chunk=args.decode_chunk)
-    checks = [check_fast(case, vae, models, stops, labels, sampling, ref, fast)] if args.check else []
-    results.append(measure(case, "fast", lambda: generate_state(vae, models, stops, labels, seed=0, fast=fast,
-                                                                **sampling),
-                           fast.decode, device, args.warmup, args.repeats, floor))
-    del fast, models
+            ref = decoder.state(labels, seed=0, keep_logits=True, **sampling)
+    if device.type == "cuda":  # the fast path's weights: the same values, linear layers in bf16 (a visible step)
+        for m in models:
+            cast_linear_weights_(m, torch.bfloat16)
+    with autocast:
+        fast = FastPath(decoder, compile=args.compile, cuda_graphs=args.graphs, decode_chunk=args.decode_chunk)
+    checks = [check_fast(case, decoder, labels, sampling, ref, fast)] if args.check else []
+    results.append(measure(case, "fast", lambda: decoder.state(labels, seed=0, fast=fast, **sampling), fast.decode,
+                           device, args.warmup, args.repeats, floor))
+    del fast, models, decoder
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -13,11 +13,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.generation import TokenEdit
-from models.var import VAR
-from models.vqvae import VQVAE
+from models import VAR, VQVAE
 
-from .collaborative import CollaborativeDecoder
+from .decoder import CollaborativeDecoder
+from .loop import TokenEdit
 
 
 def token_masks(mask_BHW: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
@@ -69,7 +68,7 @@ def inpaint(vae: VQVAE, models: Sequence[VAR], draft_steps: int | Sequence[int],
     """Regenerate the masked part of `image` (in [-1, 1]) for `labels`; returns images in [0, 1].
 
     `models` and `draft_steps` as for `CollaborativeDecoder` ([var] and [] for plain VAR, [drafter, refiner]
-    and N for CoDe); other arguments (cfg, top_k, seed, return_tokens, ...) as for `models.generation.generate`.
+    and N for CoDe); other arguments (cfg, top_k, seed, return_tokens, ...) as for `CollaborativeDecoder.__call__`.
     `labels`: a class id or a list / tensor of them; one image and mask may serve several labels.
     """
     if isinstance(labels, int):

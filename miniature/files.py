@@ -1,17 +1,12 @@
-"""The miniature's files (where the pipeline writes each model), its sampling settings, and loading the tokenizer."""
+"""The miniature's files (where the pipeline writes each model) and its sampling settings."""
 from __future__ import annotations
 
-import os
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from models import VQVAE, load_vae
-from utils.checkpoint import CheckpointError, load_weights_only
-
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # the small checkpoints kept in the repository
-# what evaluate_miniature.py and demo.py sample with unless told otherwise
+# what miniature.evaluate and miniature.demo sample with unless told otherwise
 SAMPLING = dict(cfg=2.0, top_k=0, top_p=1.0, temperature=1.0)
 
 
@@ -45,13 +40,10 @@ class MiniatureFiles:
         return self.root / f"refiner_{n}.pth"
 
 
-def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> VQVAE:
-    """A VQVAE written by train_vqvae.py: the file carries its config, patch_nums included."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VQVAE checkpoint {path} does not exist")
-    config = load_weights_only(path).get("config")
-    if not isinstance(config, dict) or "patch_nums" not in config:
-        raise CheckpointError(f"{path} has no config with patch_nums: not written by train_vqvae.py; "
-                              "use models.load_vae with the patch_nums of its VARs")
-    return load_vae(path, patch_nums=tuple(config["patch_nums"]), device=device)
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """--cfg, --top_k, --top_p, --temperature with the miniature's defaults (evaluate and demo)."""
+    g = p.add_argument_group("sampling").add_argument
+    g("--cfg", type=float, default=SAMPLING["cfg"], help="classifier-free guidance (default %(default)g)")
+    g("--top_k", type=int, default=SAMPLING["top_k"], help="0 disables it (default %(default)s)")
+    g("--top_p", type=float, default=SAMPLING["top_p"], help="1 keeps every token (default %(default)g)")
+    g("--temperature", type=float, default=SAMPLING["temperature"], help="(default %(default)g)")

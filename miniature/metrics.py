@@ -12,7 +12,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from utils.data import ImageFolder, ImageTransform
+from training.data import ImageFolder, ImageTransform
 
 from .classifier import ShapeClassifier
 

@@ -4,11 +4,11 @@
     python -m miniature.pipeline --work /tmp/smoke --preset smoke  # seconds: every stage on a toy budget
 
 Each stage is its script's own main() with the flags below: miniature.shapes, train_vqvae.py and
-train_classifier.py, train_var.py (large and small), train_drafter.py and train_refiner.py for every N, then
-evaluate_miniature.py. Stages that do not depend on each other run side by side with --jobs (worker
+miniature.train_classifier, train_var.py (large and small), train_drafter.py and train_refiner.py for every N,
+then miniature.evaluate. Stages that do not depend on each other run side by side with --jobs (worker
 processes). A stage whose output exists is skipped and an interrupted one resumes from its last checkpoint,
 so running the command again continues where it stopped.
-WORK/ckpt/ collects the checkpoints under the names evaluate_miniature.py and demo.py read; --ship copies the
+WORK/ckpt/ collects the checkpoints under the names miniature.evaluate and miniature.demo read; --ship copies the
 base models and the fine-tuned pair of --ship_draft_steps into miniature/checkpoints/.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-import evaluate_miniature
-from miniature.files import SHIPPED, MiniatureFiles
+from . import evaluate
+from .files import SHIPPED, MiniatureFiles
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def common(out: Path, steps: int, threads: int, batch_size: int) -> list[str]:
     """Flags of the from-scratch scripts; an interrupted run resumes from its last checkpoint."""
-    return ["--output_dir", str(out), "--steps", str(steps), "--batch_size", str(batch_size), "--threads",
+    return ["--output_dir", str(out), "--max_steps", str(steps), "--batch_size", str(batch_size), "--threads",
             str(threads), "--log_every", "100", "--save_every", str(SAVE_EVERY), "--resume", "auto"]
 
 
@@ -132,7 +132,7 @@ def waves(work: Path, sizes: Sizes, threads: int) -> list[list[Task]]:
         Task("vqvae", "train_vqvae", ["--data_path", str(data), "--vocab_size", str(sizes.vocab_size),
                                       *common(runs / "vqvae", sizes.vqvae_steps, threads, sizes.batch_size)],
              runs / "vqvae" / "vqvae.pth", files.vqvae),
-        Task("classifier", "train_classifier", ["--data_path", str(data), "--image_size", str(sizes.image_size),
+        Task("classifier", "miniature.train_classifier", ["--data_path", str(data), "--image_size", str(sizes.image_size),
                                                 *common(runs / "classifier", sizes.classifier_steps, threads,
                                                         sizes.classifier_batch)],
              runs / "classifier" / "classifier.pth", files.classifier)]
@@ -189,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
     files, log = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth), []
     for wave in waves(work, sizes, args.threads):
         run_wave(wave, args.jobs, args.threads, log)
-    evaluate_miniature.main(evaluate_miniature.parse_args([
+    evaluate.main(evaluate.parse_args([
         "--ckpt_dir", str(files.root), "--data_path", str(work / "data"), "--out", str(work / "eval"),
         "--draft_steps", ",".join(map(str, sizes.draft_steps)), "--per_class", str(sizes.eval_per_class),
         "--large_depth", str(sizes.large_depth), "--small_depth", str(sizes.small_depth)]))

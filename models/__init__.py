@@ -1,10 +1,9 @@
-"""VQVAE and VAR models, configs, builders and the shared generation loop."""
-from .build import VAR_DEPTHS, build_vae, build_vae_var, build_var, load_vae, load_var
-from .generation import DecodeState, TokenEdit, generate, generate_state, run_scales
-from .sampling import SamplingConfig
+"""The VQVAE and VAR modules, their dataclass configs, builders and checkpoint loading (no generation here:
+sampling, the scale loop and collaborative decoding live in `code/`)."""
+from .build import (VAR_DEPTHS, build_vae, build_vae_var, build_var, cast_linear_weights_, load_vae, load_var,
+                    var_from_state_dict)
 from .var import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
-__all__ = ["VQVAE", "VQVAEConfig", "VAR", "VARConfig", "SamplingConfig", "DecodeState", "TokenEdit", "VAR_DEPTHS",
-           "build_vae", "build_var", "build_vae_var", "load_vae", "load_var", "generate", "generate_state",
-           "run_scales"]
+__all__ = ["VQVAE", "VQVAEConfig", "VAR", "VARConfig", "VAR_DEPTHS", "build_vae", "build_var", "build_vae_var",
+           "cast_linear_weights_", "load_vae", "load_var", "var_from_state_dict"]

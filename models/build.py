@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from typing import Sequence
 
 import torch
+import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, check_state_dict, read_state_dict
+from utils.checkpoint import CheckpointError, check_state_dict, read_checkpoint, read_state_dict
 from utils.hub import VAE_FILE, resolve_checkpoint, var_file
 
 from .scales import PATCH_NUMS
@@ -76,7 +78,21 @@ def vae_config_from_state_dict(sd: dict[str, torch.Tensor], patch_nums=PATCH_NUM
         raise CheckpointError(f"not a VQVAE state dict (cannot read its layout: {e})") from None
 
 
-def _load_into(model: torch.nn.Module, sd: dict, path, what: str, derived: dict, device, dtype) -> torch.nn.Module:
+def cast_linear_weights_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """In place: every nn.Linear's weight and bias to `dtype` (the matmuls, ~99% of a VAR's parameters).
+
+    Embeddings, position tables and the attention's scale keep their dtype, so the residual stream stays float32
+    as under the published setting (fp32 weights under autocast). A chain whose linear weights are reduced
+    precision generates under autocast to that dtype by itself (code.loop.precision), eager and fast alike, and
+    computes exactly what fp32 weights under that autocast compute; the weights take half the memory.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.to(dtype)
+    return module
+
+
+def _load_into(model: nn.Module, sd: dict, path, what: str, derived: dict, device, dtype) -> nn.Module:
     check_state_dict(model.state_dict(), sd, path, what, optional=set(derived))
     sd = {**derived, **sd}
     model.load_state_dict(sd, strict=True, assign=True)
@@ -84,15 +100,17 @@ def _load_into(model: torch.nn.Module, sd: dict, path, what: str, derived: dict,
 
 
 def load_var(source: str | os.PathLike, depth: int | None = None, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None, ckpt_dir=None) -> VAR:
+             dtype: torch.dtype | None = None, ckpt_dir=None, linear_dtype: torch.dtype | None = None) -> VAR:
     """Load a VAR from a path, `ckpt_dir`, or a published name ('var_d30.pth', 'refiner_8.pth').
 
-    The layout comes from the file; `depth`, if given, must agree with it.
+    The layout comes from the file; `depth`, if given, must agree with it. `dtype` casts every tensor;
+    `linear_dtype` (e.g. torch.bfloat16, for inference) casts the linear layers only (see cast_linear_weights_).
     """
     if isinstance(source, int):
         source = var_file(source)
     path = resolve_checkpoint(source, ckpt_dir)
-    return var_from_state_dict(read_state_dict(path), path, depth, device, dtype)
+    model = var_from_state_dict(read_state_dict(path), path, depth, device, dtype)
+    return cast_linear_weights_(model, linear_dtype) if linear_dtype is not None else model
 
 
 def var_from_state_dict(sd: dict[str, torch.Tensor], path, depth: int | None = None, device="cpu",
@@ -110,19 +128,31 @@ def var_from_state_dict(sd: dict[str, torch.Tensor], path, depth: int | None = N
     return _load_into(model, sd, path, f"a depth-{config.depth} VAR", derived_buffers(config), device, dtype).eval()
 
 
-def load_vae(source: str | os.PathLike = VAE_FILE, patch_nums=PATCH_NUMS, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None, ckpt_dir=None) -> VQVAE:
-    """Load the multi-scale VQVAE; `patch_nums` must be those of the VARs it will serve."""
+def load_vae(source: str | os.PathLike = VAE_FILE, patch_nums: Sequence[int] | None = None,
+             device: str | torch.device = "cpu", dtype: torch.dtype | None = None, ckpt_dir=None) -> VQVAE:
+    """Load the multi-scale VQVAE. `patch_nums`: those of the VARs it serves; by default the file's own (a file
+    written by train_vqvae.py carries its config), else the published schedule."""
     path = resolve_checkpoint(source, ckpt_dir)
-    return vae_from_state_dict(read_state_dict(path), path, patch_nums, device, dtype)
+    sd, extras = read_checkpoint(path)
+    saved = extras.get("config", {}).get("patch_nums") if isinstance(extras.get("config"), dict) else None
+    if saved is not None and patch_nums is not None and tuple(saved) != tuple(patch_nums):
+        raise CheckpointError(f"{path} is a VQVAE for scales {tuple(saved)}, not {tuple(patch_nums)}: the VQVAE "
+                              "and the VARs must share one tokenizer; pass the VQVAE the VARs were trained with")
+    return vae_from_state_dict(sd, path, patch_nums or saved or PATCH_NUMS, device, dtype)
 
 
-def vae_from_state_dict(sd: dict[str, torch.Tensor], path, patch_nums=PATCH_NUMS, device="cpu",
+def vae_from_state_dict(sd: dict[str, torch.Tensor], path, patch_nums: Sequence[int] = PATCH_NUMS, device="cpu",
                         dtype: torch.dtype | None = None) -> VQVAE:
     try:
         config = vae_config_from_state_dict(sd, patch_nums)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    usage = sd.get("quantize.ema_vocab_hit_SV")  # one row per scale the tokenizer was trained with
+    if usage is not None and usage.ndim == 2 and usage.shape[0] != len(config.patch_nums):
+        raise CheckpointError(
+            f"{path} is a VQVAE of {usage.shape[0]} scales (its quantize.ema_vocab_hit_SV has {usage.shape[0]} rows) "
+            f"but patch_nums {config.patch_nums} has {len(config.patch_nums)}: use the VQVAE the VARs were trained "
+            "with (or, to serve another schedule on purpose, save this one without that usage statistic)")
     with torch.device("meta"):
         model = VQVAE(config)
     derived = {"quantize.ema_vocab_hit_SV": torch.zeros(len(config.patch_nums), config.vocab_size)}

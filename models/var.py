@@ -140,11 +140,6 @@ class VAR(nn.Module):
         cache = self.blocks[0].attn.kv_cache
         return None if cache is None else cache.length
 
-    def generate(self, vae, labels=None, **kwargs):
-        """Plain VAR sampling; see `models.generation.generate` for the arguments."""
-        from .generation import generate
-        return generate(vae, [self], [self.config.num_scales], labels, **kwargs)
-
 
 def derived_buffers(config: VARConfig) -> dict[str, torch.Tensor]:
     """The persistent buffers the official checkpoints carry but that follow from the config alone."""

@@ -6,6 +6,7 @@ import torch
 from conftest import ROOT, fill_hf_cache, tiny_pair
 from models import build_vae, build_var, load_vae, load_var
 from models.build import vae_from_state_dict, var_from_state_dict
+from code import var_generate
 from utils.checkpoint import CheckpointError, atomic_save
 
 KEYS = ROOT / "tests" / "data" / "checkpoint-keys"
@@ -85,7 +86,7 @@ def test_round_trip_gives_the_same_model(tmp_path):
     var2 = load_var(tmp_path / "var.pth", depth=2)
     vae2 = load_vae(tmp_path / "vae.pth", patch_nums=var2.config.patch_nums)
     assert var2.config == var.config and vae2.config == vae.config
-    assert torch.equal(var.generate(vae, [1, 2], seed=0), var2.generate(vae2, [1, 2], seed=0))
+    assert torch.equal(var_generate(var, vae, [1, 2], seed=0), var_generate(var2, vae2, [1, 2], seed=0))
 
 
 def test_training_checkpoint_with_model_key_loads(tmp_path):
@@ -185,7 +186,7 @@ def test_published_names_come_from_the_hf_cache(offline_hf_cache, tmp_path):
     m = load_var("var_d16.pth")
     v = load_vae(patch_nums=m.config.patch_nums)
     r = load_var("refiner_8.pth")
-    assert torch.equal(m.generate(v, [1], seed=0), var.generate(vae, [1], seed=0))
+    assert torch.equal(var_generate(m, v, [1], seed=0), var_generate(var, vae, [1], seed=0))
     assert r.config == m.config
     with pytest.raises(FileNotFoundError, match="huggingface-cli download FoundationVision/var var_d30.pth"):
         load_var("var_d30.pth")

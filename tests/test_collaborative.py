@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from code import CollaborativeDecoder, collaborative_generate
+from code import CollaborativeDecoder, collaborative_generate, var_generate
 from conftest import tiny_pair, tiny_var_like
 from models import build_var
 
@@ -11,7 +11,7 @@ from models import build_var
 def test_one_model_in_both_roles_is_plain_var(pair, n, greedy):
     vae, var = pair
     kw = dict(seed=4, greedy=greedy, cfg=1.5, top_k=[0, 5, 20, 3], top_p=0.9, temperature=[1.1, 1.1, 1.0, 1.0])
-    img, tokens = var.generate(vae, [0, 3, 7], return_tokens=True, **kw)
+    img, tokens = var_generate(var, vae, [0, 3, 7], return_tokens=True, **kw)
     img2, tokens2 = collaborative_generate(var, var, vae, [0, 3, 7], draft_steps=n, return_tokens=True, **kw)
     assert torch.equal(img, img2)
     assert all(torch.equal(a, b) for a, b in zip(tokens, tokens2))
@@ -19,19 +19,19 @@ def test_one_model_in_both_roles_is_plain_var(pair, n, greedy):
 
 def test_chain_of_three_models_is_the_same_code(pair):
     vae, var = pair
-    plain = var.generate(vae, [1, 2], seed=9)
+    plain = var_generate(var, vae, [1, 2], seed=9)
     assert torch.equal(CollaborativeDecoder(vae, [var, var, var], [1, 3])([1, 2], seed=9), plain)
     mid, small = tiny_var_like(vae, 3, seed=3), tiny_var_like(vae, 1, seed=4)
     state = CollaborativeDecoder(vae, [var, mid, small], [1, 3]).state([1, 2], seed=9, keep_logits=True)
     assert [t.shape[1] for t in state.tokens] == [1, 4, 9, 16]
     # the drafter's scale is kept; later scales come from the other models
-    assert torch.equal(state.tokens[0], var.generate(vae, [1, 2], seed=9, return_tokens=True)[1][0].flatten(1))
+    assert torch.equal(state.tokens[0], var_generate(var, vae, [1, 2], seed=9, return_tokens=True)[1][0].flatten(1))
 
 
 def test_different_refiner_changes_only_later_scales(pair):
     vae, drafter = pair
     refiner = tiny_var_like(vae, depth=1, seed=12)
-    _, plain = drafter.generate(vae, [5, 6], seed=0, return_tokens=True, greedy=True)
+    _, plain = var_generate(drafter, vae, [5, 6], seed=0, return_tokens=True, greedy=True)
     _, code = collaborative_generate(drafter, refiner, vae, [5, 6], draft_steps=2, seed=0, return_tokens=True,
                                      greedy=True)
     assert torch.equal(plain[0], code[0]) and torch.equal(plain[1], code[1])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from code import box_mask, inpaint, make_edit, token_masks
+from code import box_mask, inpaint, make_edit, token_masks, var_generate
 from conftest import tiny_var_like
 from utils.images import box_to_mask
 from tiny_checkpoints import one_thread  # noqa: F401 (fixture)
@@ -61,7 +61,7 @@ def test_empty_mask_reconstructs_and_full_mask_is_plain_generation(pair):
     assert all(torch.equal(t.flatten(1), s) for t, s in zip(tokens, vae.img_to_tokens(image)))
     assert torch.allclose(out, vae.tokens_to_img(vae.img_to_tokens(image)).add(1).mul(0.5), atol=1e-5)
     full = inpaint(vae, [var], [], image, ~none, [0, 3], seed=2)
-    assert torch.equal(full, var.generate(vae, [0, 3], seed=2))
+    assert torch.equal(full, var_generate(var, vae, [0, 3], seed=2))
 
 
 def test_one_source_serves_several_labels_and_shapes_are_checked(pair):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from code import collaborative_generate
+from code import collaborative_generate, var_generate
 from models import build_vae, build_var
 
 GOLDEN = Path(__file__).parent / "data" / "tiny_published.pt"
@@ -18,6 +18,13 @@ DERIVED = ("lvl_1L", "attn_bias_for_masking", "zero_k_bias", "ema_vocab_hit_SV")
 PATCH_NUMS = (1, 2, 3, 4)
 LOGITS_ATOL = 1e-5  # an exact GELU moves the logits by ~7e-5
 IMAGE_ATOL = 2e-5  # images in [0, 1]; the published decoder's reconstruction (in [-1, 1]) within twice that
+# The sampled entries hold only for a torch whose CPU generator draws the same Exp(1) stream (torch.multinomial
+# draws through it): these are the first draws of seed 0 under torch 2.13 and 2.14, which reproduce the golden
+# file's sampled images. torch 2.4 draws others (its sampled images differ from the file's by whole tokens).
+GOLDEN_STREAM = [3.508326292037964, 1.2303847074508667, 0.615044116973877, 2.535118579864502]
+same_stream = pytest.mark.skipif(
+    torch.empty(4).exponential_(generator=torch.Generator().manual_seed(0)).tolist() != GOLDEN_STREAM,
+    reason=f"torch {torch.__version__} draws another random stream than the golden file's (torch.multinomial)")
 
 
 def fill_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -80,18 +87,19 @@ def test_teacher_forced_logits(golden, models):
 
 @pytest.mark.parametrize("name, kwargs", [
     ("var_greedy", dict(cfg=1.5, greedy=True)),
-    ("var_sampled", dict(cfg=2.0, top_k=20, top_p=0.9, temperature=1.0, seed=7)),
+    pytest.param("var_sampled", dict(cfg=2.0, top_k=20, top_p=0.9, temperature=1.0, seed=7), marks=same_stream),
 ])
 def test_plain_var_images(golden, models, name, kwargs):
     vae, big, _ = models
-    torch.testing.assert_close(big.generate(vae, golden["labels"], **kwargs), golden[name], rtol=0, atol=IMAGE_ATOL)
+    torch.testing.assert_close(var_generate(big, vae, golden["labels"], **kwargs), golden[name], rtol=0, atol=IMAGE_ATOL)
 
 
 @pytest.mark.parametrize("name, n, kwargs", [
     ("code1_greedy", 1, dict(cfg=1.5, greedy=True)),
     ("code2_greedy", 2, dict(cfg=1.5, greedy=True)),
     ("code3_greedy", 3, dict(cfg=1.5, greedy=True)),
-    ("code2_sampled", 2, dict(cfg=1.5, top_k=20, top_p=0.96, temperature=[1.1, 1.1, 1.1, 1.0], seed=5)),
+    pytest.param("code2_sampled", 2, dict(cfg=1.5, top_k=20, top_p=0.96, temperature=[1.1, 1.1, 1.1, 1.0], seed=5),
+                 marks=same_stream),
 ])
 def test_collaborative_images(golden, models, name, n, kwargs):
     vae, big, small = models

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import sample_CoDe
+from cli.args import UsageError
+from cli.samples import ImageKey, MissingImagesError, image_seed, plan, write_npz
 from code import collaborative_generate
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
-from utils.cli import UsageError
 from utils.images import read_png, to_uint8
-from utils.sample_folder import ImageKey, MissingImagesError, image_seed, plan, write_npz
 
 CLASSES, PER_CLASS = "0-2,5", 3  # 12 images
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models.sampling import SamplingConfig, cfg_mix, filter_top_k_top_p_, sample_tokens
+from code import var_generate
+from code.sampling import SamplingConfig, cfg_mix, filter_top_k_top_p_, sample_tokens
 
 
 def test_top_k_keeps_ties():
@@ -84,14 +85,14 @@ def test_per_scale_lists():
 def test_bad_sampling_arguments_name_the_argument(pair, kwargs, name):
     vae, var = pair
     with pytest.raises(ValueError, match=name):
-        var.generate(vae, [1], **kwargs)
+        var_generate(var, vae, [1], **kwargs)
 
 
 @pytest.mark.parametrize("labels", [[10], [-1], [0, 1000]])
 def test_labels_out_of_range(pair, labels):
     vae, var = pair
     with pytest.raises(ValueError, match="labels"):
-        var.generate(vae, labels)
+        var_generate(var, vae, labels)
 
 
 def test_per_image_generators_make_images_batch_independent(pair):
@@ -99,15 +100,15 @@ def test_per_image_generators_make_images_batch_independent(pair):
 
     def gens(seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
-    big, tb = var.generate(vae, [1, 2, 3, 4, 5], generator=gens([10, 11, 12, 13, 14]), return_tokens=True)
-    small, ts = var.generate(vae, [3, 4], generator=gens([12, 13]), return_tokens=True)
+    big, tb = var_generate(var, vae, [1, 2, 3, 4, 5], generator=gens([10, 11, 12, 13, 14]), return_tokens=True)
+    small, ts = var_generate(var, vae, [3, 4], generator=gens([12, 13]), return_tokens=True)
     assert all(torch.equal(a[2:4], b) for a, b in zip(tb, ts))
     torch.testing.assert_close(big[2:4], small)
-    alone = var.generate(vae, [3], seed=12)  # one image per call, as the published sampler
+    alone = var_generate(var, vae, [3], seed=12)  # one image per call, as the published sampler
     torch.testing.assert_close(big[2:3], alone)
 
 
 def test_random_labels_need_a_single_generator(pair):
     vae, var = pair
     with pytest.raises(ValueError, match="pass the labels"):
-        var.generate(vae, None, batch_size=2, generator=[torch.Generator(), torch.Generator()])
+        var_generate(var, vae, None, batch_size=2, generator=[torch.Generator(), torch.Generator()])

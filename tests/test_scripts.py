@@ -10,11 +10,11 @@ from PIL import Image
 
 import infer_CoDe
 import infer_original
-from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint
+from cli.args import UsageError, exit_on_error
+from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
-from models import generate, load_vae, load_var
+from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
-from utils.cli import UsageError, exit_on_error
 from utils.images import make_grid, read_png, to_uint8
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3
@@ -44,7 +44,7 @@ def test_infer_original_by_depth_matches_the_library(hub, tmp_path, capsys):
                          "--top_p", "0.9", "--temperature", "1.2", "--seed", "7", "--output", str(out), "--device",
                          "cpu"])
     vae, (var,) = load_published(hub, "var_d30.pth")
-    expected = generate(vae, [var], [10], [1, 3], seed=7, cfg=2.5, top_k=50, top_p=0.9, temperature=1.2)
+    expected = CollaborativeDecoder(vae, [var], [])([1, 3], seed=7, cfg=2.5, top_k=50, top_p=0.9, temperature=1.2)
     grid = read_png(out)
     assert grid.shape == (32, 64, 3) and grid.dtype == np.uint8
     assert np.array_equal(grid, grid_of(expected))
@@ -58,7 +58,7 @@ def test_infer_original_defaults_are_the_published_ones(hub, tmp_path):
     out = tmp_path / "grid.png"
     run(infer_original, ["--class_labels", "4", "--output", str(out), "--device", "cpu"])
     vae, (var,) = load_published(hub, "var_d30.pth")
-    expected = generate(vae, [var], [10], [4], seed=42, cfg=1.5, top_k=900, top_p=0.96)
+    expected = CollaborativeDecoder(vae, [var], [])([4], seed=42, cfg=1.5, top_k=900, top_p=0.96)
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
@@ -68,7 +68,7 @@ def test_infer_original_from_explicit_paths(small_ckpts, tmp_path):
              "8", "--output", str(out), "--device", "cpu"]
     run(infer_original, flags)
     vae, drafter, _ = load_small(small_ckpts)
-    assert np.array_equal(read_png(out), grid_of(drafter.generate(vae, [8], seed=42, cfg=1.5, top_k=900, top_p=0.96)))
+    assert np.array_equal(read_png(out), grid_of(var_generate(drafter, vae, [8], seed=42, cfg=1.5, top_k=900, top_p=0.96)))
     with pytest.raises(UsageError, match="VAR: .* holds a depth-2 VAR but depth 16 was requested"):
         run(infer_original, flags + ["--model_depth", "16"])
 
@@ -90,7 +90,7 @@ def test_infer_code_from_ckpt_dir_without_the_hub(offline_hf_cache, published_ck
     run(infer_CoDe, ["--ckpt_dir", str(published_ckpts["var_d30.pth"].parent), "--training_free", "--draft_steps",
                      "10", "--class_labels", "2", "--output", str(out), "--device", "cpu"])
     vae, (var,) = load_published(published_ckpts, "var_d30.pth")  # draft steps 10: the drafter alone
-    expected = generate(vae, [var], [10], [2], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=CODE_TEMPERATURE)
+    expected = CollaborativeDecoder(vae, [var], [])([2], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=CODE_TEMPERATURE)
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
@@ -127,7 +127,7 @@ def test_a_model_that_generates_no_scale_is_not_loaded(small_ckpts, tmp_path, st
     run(infer_CoDe, argv)  # not --training_free, and no published drafter_0 / refiner_4: not needed either
     vae, drafter, refiner = load_small(small_ckpts)
     alone = refiner if unused == "drafter" else drafter
-    expected = alone.generate(vae, [6], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
+    expected = var_generate(alone, vae, [6], seed=42, cfg=4.0, top_k=600, top_p=0.95, temperature=[1.1, 1.0, 1.0, 1.0])
     assert np.array_equal(read_png(out), grid_of(expected))
 
 

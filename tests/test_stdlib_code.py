@@ -27,3 +27,24 @@ def test_python_dash_i_starts():
     r = subprocess.run([sys.executable, "-i", "-c", "import code"], cwd=ROOT, input="print(6 * 7)\n",
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "42" in r.stdout, r.stderr
+
+
+def test_codevar_imports_the_decoder_after_the_standard_module(tmp_path):
+    """A notebook or pdb session imports the standard `code` before the repository is on sys.path."""
+    script = (f"import pdb, code, sys; sys.path.insert(0, {str(ROOT)!r}); "
+              "from codevar import CollaborativeDecoder, collaborative_generate; import code as c; import code.fast; "
+              "assert c.collaborative_generate is collaborative_generate and c.InteractiveConsole is not None; "
+              "print(CollaborativeDecoder.__module__)")
+    plain = subprocess.run([sys.executable, "-c", script.replace("from codevar", "from code")], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode != 0 and "cannot import name 'CollaborativeDecoder'" in plain.stderr  # the problem
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "code.decoder", r.stderr
+
+
+def test_import_code_does_not_import_torch():
+    """torch 2.4 imports pdb, hence `code`, from inside `import torch`: our package must not need torch then."""
+    r = run_in_root("import sys, code; assert 'torch' not in sys.modules, 'torch imported'; "
+                    "code.InteractiveConsole; from code import CollaborativeDecoder; assert 'torch' in sys.modules; "
+                    "assert sorted(code.__all__) == sorted(n for n in dir(code) if n in code.__all__)")
+    assert r.returncode == 0, r.stderr

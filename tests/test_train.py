@@ -13,13 +13,14 @@ from PIL import Image
 
 import train_drafter
 import train_refiner
+from code import var_generate
 from code.losses import RefinerLoss, drafter_ce
 from conftest import ROOT, tiny_pair, tiny_var_like
 from models import VAR, load_vae, load_var
+from training.data import ImageFolder, ImageTransform
+from training.optim import LRSchedule, scaled_lr
+from training.var_jobs import make_batch
 from utils.checkpoint import atomic_save
-from utils.data import ImageFolder, ImageTransform
-from utils.optim import LRSchedule, scaled_lr
-from utils.train import make_batch
 
 N = 2  # draft steps of the tiny 4-scale models
 
@@ -179,7 +180,7 @@ def test_exported_weights_load_and_generate(assets, tmp_path):
     assert all(v.dtype == reference[k].dtype and v.shape == reference[k].shape for k, v in exported.items())
     vae = load_vae(assets / "vae.pth", patch_nums=(1, 2, 3, 4))
     var = load_var(tmp_path / f"refiner_{N}.pth", depth=2)
-    images = var.generate(vae, [0, 3], seed=0)
+    images = var_generate(var, vae, [0, 3], seed=0)
     assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
     ckpt = torch.load(tmp_path / "ckpt_last.pth", weights_only=True)  # plain containers and tensors only
     assert ckpt["role"] == "refiner" and ckpt["recipe"]["total_steps"] == 1 and ckpt["scaler"] == {}

@@ -1,16 +1,17 @@
 """Pieces of the training scripts: image folder and transforms, sharded sampler, optimizer groups, schedules."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from utils.data import DataError, ImageFolder, ImageTransform, scan_image_folder
-from utils.optim import WARMUP_START, LRSchedule, param_groups, scaled_lr
-from utils.sampler import ShardedBatchSampler
-from utils.train_args import ConfigError, batch_plan
-from utils.train_setup import set_drop_path
+from training.config import ConfigError, OptimConfig, RunConfig
+from training.data import DataError, ImageFolder, ImageTransform, scan_image_folder
+from training.optim import WARMUP_START, LRSchedule, param_groups, scaled_lr
+from training.sampler import ShardedBatchSampler
+from training.var_jobs import set_drop_path
 
 
 def write_images(root, counts, size=(12, 10), seed=0):
@@ -131,11 +132,18 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor(kind):
         LRSchedule(1.0, 10, 1, "step")
 
 
+def batch_plan(batch_size, world_size, grad_accum, global_batch, default_global_batch=1024):
+    config = RunConfig(Path("data"), Path("out"), OptimConfig(1e-4, 0.0), batch_size=batch_size, grad_accum=grad_accum,
+                       global_batch=global_batch, default_global_batch=default_global_batch)
+    return config.batch_plan(world_size)
+
+
 def test_batch_plan_reaches_the_global_batch():
     assert batch_plan(16, 8, None, None) == (8, 1024)
     assert batch_plan(4, 2, None, 16) == (2, 16)
     assert batch_plan(4, 2, 3, None) == (3, 24)
     assert batch_plan(4, 2, 3, 24) == (3, 24)
+    assert batch_plan(4, 2, None, None, default_global_batch=None) == (1, 8)  # the from-scratch scripts' default
     with pytest.raises(ConfigError, match="not a multiple"):
         batch_plan(3, 1, None, 1024)
     with pytest.raises(ConfigError, match="!="):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_pair, tiny_var_like
-from models import DecodeState, SamplingConfig, TokenEdit, generate_state, run_scales
+from code import CollaborativeDecoder, DecodeState, SamplingConfig, TokenEdit, run_scales, var_generate
 from models.scales import token_offsets
 
 
@@ -16,7 +16,7 @@ def teacher_forced_logits(var, vae, state):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_kv_cached_generation_matches_teacher_forcing(pair64, greedy):
     vae, var = pair64
-    state = generate_state(vae, [var], [4], [0, 5, 9], seed=3, keep_logits=True, greedy=greedy, cfg=2.0)
+    state = CollaborativeDecoder(vae, [var], []).state([0, 5, 9], seed=3, keep_logits=True, greedy=greedy, cfg=2.0)
     full = teacher_forced_logits(var, vae, state)
     torch.testing.assert_close(torch.cat(state.logits, 1), full, rtol=1e-10, atol=1e-10)
 
@@ -40,7 +40,7 @@ def test_refiner_prefill_matches_incremental(n):
     vae, drafter = tiny_pair(dtype=torch.float64)
     refiner = tiny_var_like(vae, depth=3, seed=7, dtype=torch.float64)
     # the refiner takes the drafter's n scales in one prefill pass and predicts scale n ...
-    code = generate_state(vae, [drafter, refiner], [n, 4], [3, 4], seed=1, keep_logits=True)
+    code = CollaborativeDecoder(vae, [drafter, refiner], [n]).state([3, 4], seed=1, keep_logits=True)
     # ... versus the refiner consuming the same prefix scale by scale through its cache
     forced = TokenEdit(code.tokens, [torch.zeros_like(t, dtype=torch.bool) for t in code.tokens])
     replay = DecodeState(code.labels, vae.quantize.zeros_fhat(2), logits=[], edit=forced)
@@ -63,7 +63,7 @@ def test_cache_holds_exactly_the_needed_scales(pair):
             _orig()
             events.append((_name, "free"))
         m.setup_cache, m.free_cache = setup, free
-    generate_state(vae, [var, refiner], [2, 4], [1, 2, 3], seed=0)
+    CollaborativeDecoder(vae, [var, refiner], [2]).state([1, 2, 3], seed=0)
     # drafter runs scales 0,1: caches scale 0 only; refiner runs 2,3: caches scales 0..2, never scale 3
     assert events == [("drafter", "setup", 6, offs[1], None, None), ("drafter", "free"),
                       ("refiner", "setup", 6, offs[3], None, None), ("refiner", "free")]
@@ -75,29 +75,29 @@ def test_single_model_cache_excludes_last_scale(pair):
     seen = []
     orig = var.setup_cache
     var.setup_cache = lambda b, n, dt, dev: (seen.append(n), orig(b, n, dt, dev))
-    generate_state(vae, [var], [4], [1], seed=0)
+    CollaborativeDecoder(vae, [var], []).state([1], seed=0)
     assert seen == [token_offsets(vae.patch_nums)[-2]]
 
 
 def test_generate_outputs(pair):
     vae, var = pair
-    img, tokens = var.generate(vae, [0, 1, 2, 9], seed=0, return_tokens=True)
+    img, tokens = var_generate(var, vae, [0, 1, 2, 9], seed=0, return_tokens=True)
     assert img.shape == (4, 3, 8, 8) and img.dtype == torch.float32
     assert 0 <= img.min() and img.max() <= 1
     assert [t.shape for t in tokens] == [(4, p, p) for p in (1, 2, 3, 4)]
-    again = var.generate(vae, [0, 1, 2, 9], seed=0)
+    again = var_generate(var, vae, [0, 1, 2, 9], seed=0)
     assert torch.equal(img, again)
-    assert not torch.equal(img, var.generate(vae, [0, 1, 2, 9], seed=1))
+    assert not torch.equal(img, var_generate(var, vae, [0, 1, 2, 9], seed=1))
 
 
 def test_generator_argument_equals_seed(pair):
     vae, var = pair
     g = torch.Generator().manual_seed(11)
-    assert torch.equal(var.generate(vae, [3, 4], generator=g), var.generate(vae, [3, 4], seed=11))
+    assert torch.equal(var_generate(var, vae, [3, 4], generator=g), var_generate(var, vae, [3, 4], seed=11))
 
 
 def test_random_labels_drawn_from_the_stream(pair):
     vae, var = pair
-    state = generate_state(vae, [var], [4], None, batch_size=5, seed=2)
+    state = CollaborativeDecoder(vae, [var], []).state(None, batch_size=5, seed=2)
     assert state.labels.shape == (5,) and 0 <= state.labels.min() and state.labels.max() < 10
-    assert torch.equal(state.labels, generate_state(vae, [var], [4], None, batch_size=5, seed=2).labels)
+    assert torch.equal(state.labels, CollaborativeDecoder(vae, [var], []).state(None, batch_size=5, seed=2).labels)

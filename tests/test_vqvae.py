@@ -2,7 +2,7 @@ import torch
 
 from conftest import TINY_VAE, randomize_
 from models import build_vae
-from models.generation import generate_state
+from code import CollaborativeDecoder
 
 
 def test_tokens_decode_like_fhat(pair64):
@@ -27,7 +27,7 @@ def test_residual_quantisation_reduces_error(pair64):
 
 def test_teacher_forcing_inputs_equal_generation_inputs(pair64):
     vae, var = pair64
-    state = generate_state(vae, [var], [4], [1, 2, 3], seed=0)
+    state = CollaborativeDecoder(vae, [var], []).state([1, 2, 3], seed=0)
     teacher = vae.tokens_to_var_input(state.tokens)
     assert teacher.shape == (3, 4 + 9 + 16, 8)  # inputs of scales 1..3
     torch.testing.assert_close(teacher, torch.cat(state.inputs, 1), rtol=0, atol=0)

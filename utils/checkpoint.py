@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -15,18 +16,23 @@ class CheckpointError(ValueError):
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict with weights_only=True. Accepts a plain dict of tensors or {'model': ..., ...}."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, the file's other entries): a plain dict of tensors, or {'model': state dict, 'config': ...}."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = load_weights_only(path)
+    obj, extras = load_weights_only(path), {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
+        obj, extras = obj["model"], {k: v for k, v in obj.items() if k != "model"}
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not tensors")
-    return obj
+    return obj, extras
 
 
 def load_weights_only(path: Path):
@@ -64,17 +70,5 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint gets the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save, written atomically (see utils.files.atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import atomic_write
 
 
 def to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
@@ -29,16 +30,13 @@ def make_grid(images_BHW3: np.ndarray, nrow: int = 8, padding: int = 0, pad_valu
 
 
 def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a PNG under a temporary name in the same folder, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image_HW3).save(f, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write a PNG atomically (utils.files.atomic_write): a kill never leaves half a file."""
+    atomic_write(path, lambda f: Image.fromarray(image_HW3).save(f, format="PNG"))
+
+
+def save_grid(images_B3HW: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 0) -> None:
+    """Images in [0, 1] as one PNG grid, `nrow` per row."""
+    save_png(make_grid(to_uint8(images_B3HW), nrow=nrow, padding=padding), path)
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

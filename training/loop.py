@@ -1,7 +1,7 @@
-"""The training loop shared by the drafter and the refiner: accumulation, autocast, scaler, clipping, checks.
+"""The training step every script shares: accumulation, autocast, scaler, clipping, non-finite checks.
 
-The role-specific part is a `StepFn(model, batch, step) -> (loss, {name: detached tensor})`; the loop owns
-everything else. One optimizer step reads `grad_accum` micro-batches per rank; each micro-batch loss is a
+The job-specific part is a `StepFn(model, batch, step, total_steps) -> (loss, {name: detached tensor})`; the
+loop owns everything else. One optimizer step reads `grad_accum` micro-batches per rank; each micro-batch loss is a
 mean over its tokens divided by grad_accum, and DDP averages over ranks, so a step's gradient is the mean
 over the global batch whatever the world size.
 """
@@ -10,41 +10,23 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from models.vqvae import VQVAE
 from utils.dist import DistInfo
-from utils.optim import LRSchedule, set_lr
-from utils.train_state import reseed
+
+from .optim import LRSchedule, set_lr
+from .state import reseed
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss or the gradient became NaN or infinite; the run stops before the update is applied."""
 
 
-@dataclass
-class Batch:
-    labels_B: torch.Tensor  # class ids, dropped ones replaced by the null class
-    gt_BL: torch.Tensor  # ground-truth tokens of all K scales, flattened
-    inputs: torch.Tensor  # (B, L - p_0^2, Cvae) teacher-forcing inputs
-
-
-StepFn = Callable[[nn.Module, Batch, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
-
-
-@torch.no_grad()
-def make_batch(vae: VQVAE, images, labels, drop, null_class: int, device: torch.device) -> Batch:
-    """Images -> ground-truth token maps and teacher-forcing inputs with the frozen VQVAE (float32)."""
-    images = images.to(device, non_blocking=True)
-    with torch.autocast(device.type, enabled=False):
-        tokens = vae.img_to_tokens(images)
-        inputs = vae.tokens_to_var_input(tokens)
-    labels = torch.where(drop, null_class, labels).to(device)
-    return Batch(labels, torch.cat(tokens, 1), inputs)
+StepFn = Callable[[nn.Module, Any, int, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
 @dataclass
@@ -64,7 +46,7 @@ class Trainer:
     scaler: torch.amp.GradScaler | None
     schedule: LRSchedule
     step_fn: StepFn
-    prepare: Callable[[tuple], Batch]  # a collated micro-batch -> Batch on the device
+    prepare: Callable[[tuple], Any]  # a collated micro-batch -> the job's batch on the device
     info: DistInfo
     settings: LoopSettings
 
@@ -86,7 +68,7 @@ class Trainer:
             last = i == s.grad_accum - 1
             with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
                 with self.autocast():
-                    loss, parts = self.step_fn(model, batch, step)
+                    loss, parts = self.step_fn(model, batch, step, s.total_steps)
                 scaled = loss / s.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             for k, v in {"loss": loss.detach(), **parts}.items():
@@ -115,7 +97,7 @@ class Trainer:
         for collated in loader:
             batch = self.prepare(collated)
             with self.autocast():
-                loss, parts = self.step_fn(model, batch, step)
+                loss, parts = self.step_fn(model, batch, step, self.settings.total_steps)
             n = batch.labels_B.shape[0]
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0) + v.double() * n

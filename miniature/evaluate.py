@@ -1,6 +1,6 @@
 """Score every configuration of the miniature: large VAR, small VAR, training-free and fine-tuned CoDe.
 
-    python evaluate_miniature.py --ckpt_dir outputs/miniature/ckpt --data_path outputs/miniature/data --draft_steps 2,3,4
+    python -m miniature.evaluate --ckpt_dir outputs/miniature/ckpt --data_path outputs/miniature/data --draft_steps 2,3,4
 
 Every setting draws --per_class images of every class with the same seeds; the classifier (ckpt_dir/
 classifier.pth) scores them: accuracy = how often it names the requested class, Frechet distance of its
@@ -20,22 +20,23 @@ from pathlib import Path
 
 import torch
 
-from miniature.files import SAMPLING, SHIPPED, MiniatureFiles, load_tokenizer
-from miniature.classifier import load_classifier
-from miniature.metrics import accuracy, classify, frechet_distance, load_split
-from models import load_var
-from models.sampling import SamplingConfig
-from utils.cli import UsageError, exit_on_error, int_list, positive_int, sampling_config, setup_logging
-from utils.cli_models import Chain
+from cli.args import UsageError, exit_on_error, int_list, positive_int, sampling_config, setup_logging
+from cli.timing import Timing, timed_generation
+from code import CollaborativeDecoder, SamplingConfig
+from models import load_vae, load_var
 from utils.images import make_grid, save_png, to_uint8
-from utils.timing import timed_generation
+
+from .classifier import load_classifier
+from .files import SHIPPED, MiniatureFiles, add_sampling_args
+from .metrics import accuracy, classify, frechet_distance, load_split
 
 
 @dataclass
 class Setting:
+    """A configuration to score: which checkpoints, and where the scales are split between them."""
     name: str
     files: list[Path]  # models, drafter first
-    stops: list[int]  # model i generates scales stops[i-1] .. stops[i]-1
+    draft_steps: list[int]  # one boundary per model but the last (code.chain_stops)
 
 
 @dataclass
@@ -63,33 +64,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """--cfg, --top_k, --top_p, --temperature with the miniature's defaults (demo.py uses them too)."""
-    g = p.add_argument_group("sampling").add_argument
-    g("--cfg", type=float, default=SAMPLING["cfg"], help="classifier-free guidance (default %(default)g)")
-    g("--top_k", type=int, default=SAMPLING["top_k"], help="0 disables it (default %(default)s)")
-    g("--top_p", type=float, default=SAMPLING["top_p"], help="1 keeps every token (default %(default)g)")
-    g("--temperature", type=float, default=SAMPLING["temperature"], help="(default %(default)g)")
-
-
 def settings(files: MiniatureFiles, draft_steps: list[int], K: int) -> list[Setting]:
     large, small = f"d{files.large_depth}", f"d{files.small_depth}"
-    out = [Setting(f"large VAR ({large})", [files.large], [K]), Setting(f"small VAR ({small})", [files.small], [K])]
+    out = [Setting(f"large VAR ({large})", [files.large], []), Setting(f"small VAR ({small})", [files.small], [])]
     for n in draft_steps:
         if not 1 <= n < K:
             raise UsageError(f"--draft_steps {n} is not in 1..{K - 1}")
-        out.append(Setting(f"CoDe N={n} training-free", [files.large, files.small], [n, K]))
+        out.append(Setting(f"CoDe N={n} training-free", [files.large, files.small], [n]))
     for n in draft_steps:
         if files.drafter(n).is_file() and files.refiner(n).is_file():
-            out.append(Setting(f"CoDe N={n} fine-tuned", [files.drafter(n), files.refiner(n)], [n, K]))
+            out.append(Setting(f"CoDe N={n} fine-tuned", [files.drafter(n), files.refiner(n)], [n]))
     return out
 
 
-def generate_all(chain: Chain, labels: torch.Tensor, sampling: SamplingConfig, args) -> tuple[torch.Tensor, float, float]:
+def timed_images(decoder: CollaborativeDecoder, labels: torch.Tensor, sampling: SamplingConfig,
+                 seed: int) -> tuple[torch.Tensor, Timing]:
+    """Images in [0, 1] of `labels` at `seed`, timed on the CPU (generation, then the VQVAE decoder)."""
+    return timed_generation(torch.device("cpu"), labels.shape[0],
+                            lambda: decoder.state(labels, seed=seed, sampling=sampling),
+                            lambda state: decoder.decode(state.f_hat))
+
+
+def generate_all(decoder: CollaborativeDecoder, labels: torch.Tensor, sampling: SamplingConfig,
+                 args) -> tuple[torch.Tensor, float, float]:
     """Images in [0, 1] for `labels` in batches; seconds without and with the decoder."""
     images, gen_s, total_s = [], 0.0, 0.0
     for i, chunk in enumerate(labels.split(args.batch_size)):
-        batch, timing = timed_generation(chain, chunk, sampling, args.seed + i, torch.device("cpu"), torch.float32)
+        batch, timing = timed_images(decoder, chunk, sampling, args.seed + i)
         images.append(batch)
         gen_s, total_s = gen_s + timing.generate_s, total_s + timing.total_s
     return torch.cat(images), gen_s, total_s
@@ -143,7 +144,7 @@ def main(args: argparse.Namespace) -> list[Row]:
     files = MiniatureFiles(Path(args.ckpt_dir), args.large_depth, args.small_depth)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vae, clf = load_tokenizer(files.vqvae), load_classifier(files.classifier)
+    vae, clf = load_vae(files.vqvae), load_classifier(files.classifier)
     size, K = vae.config.image_size, vae.quantize.num_scales
     todo = settings(files, args.draft_steps, K)
     real_val, _ = load_split(Path(args.data_path) / "val", size)
@@ -153,8 +154,8 @@ def main(args: argparse.Namespace) -> list[Row]:
     labels = torch.arange(num_classes).repeat(args.per_class)
     rows = reference_rows(vae, clf, args, ref_feats, size)
     for s in todo:
-        chain = Chain(vae, [load_var(f) for f in s.files], s.stops, [f.name for f in s.files] + [files.vqvae.name])
-        images, gen_s, total_s = generate_all(chain, labels, sampling, args)
+        decoder = CollaborativeDecoder(vae, [load_var(f) for f in s.files], s.draft_steps)
+        images, gen_s, total_s = generate_all(decoder, labels, sampling, args)
         rows.append(score(s.name, images, labels, clf, ref_feats, gen_s, total_s))
         sample_grid(images, labels, num_classes, out / f"grid_{slug(s.name)}.png")
         print(f"{s.name}: accuracy {rows[-1].accuracy:.1%}, Frechet {rows[-1].frechet:.2f}", flush=True)

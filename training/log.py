@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.dist import DistInfo
+from utils.files import atomic_write
 
 log = logging.getLogger("code.train")
 CURRENT = ("lr", "lambda")  # logged at the current step; the other metrics are averaged since the last line
@@ -40,12 +41,20 @@ def setup_logging(info: DistInfo, output_dir: Path) -> None:
 
 
 class MetricLog:
-    """Collects per-step metrics and writes one line every `every` steps (and on demand) from rank 0."""
+    """Collects per-step metrics and writes one line every `every` steps (and on demand) from rank 0.
 
-    def __init__(self, info: DistInfo, output_dir: Path, total_steps: int, steps_per_epoch: int):
+    A run resumed at step s first drops the lines of steps after s (written before the kill, about to be
+    replayed), so that log.jsonl reads as one uninterrupted run.
+    """
+
+    def __init__(self, info: DistInfo, output_dir: Path, total_steps: int, steps_per_epoch: int, start_step: int = 0):
         self.info, self.path, self.total, self.spe = info, output_dir / "log.jsonl", total_steps, steps_per_epoch
         self.window: dict[str, list[float]] = {}
         self.t, self.tokens = time.perf_counter(), 0
+        if info.is_main and self.path.is_file():
+            dropped = trim_log(self.path, start_step)
+            if dropped:
+                log.info("resuming at step %d: dropped %d lines of %s written after it", start_step, dropped, self.path)
 
     def add(self, metrics: dict[str, float], tokens: int) -> None:
         for k, v in metrics.items():
@@ -68,3 +77,24 @@ class MetricLog:
             f.write(json.dumps(record) + "\n")
         text = " | ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
         log.info("step %d/%d | %s", step, self.total, text)
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Keep the records of steps <= `step` (and unreadable lines, a torn last line excepted); returns how many
+    were dropped. Rewritten atomically."""
+    lines = path.read_text().splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue  # the kill tore the last line
+            keep.append(line)
+            continue
+        if not isinstance(record, dict) or record.get("step", 0) <= step:
+            keep.append(line)
+    if len(keep) < len(lines):
+        text = "".join(f"{line}\n" for line in keep)
+        atomic_write(path, lambda f: f.write(text.encode()))
+    return len(lines) - len(keep)

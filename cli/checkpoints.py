@@ -1,4 +1,5 @@
-"""Which checkpoints a command means, and loading them: by depth or draft steps (published names), or by path.
+"""Which checkpoints a command means, and loading them into a CollaborativeDecoder: by depth or draft steps
+(published names) or by path.
 
 A published name is looked up in --ckpt_dir, then in the Hugging Face cache (downloading when online). An
 explicit path is used as is; the layout always comes from the file, and a depth flag given with it is checked.
@@ -7,40 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from models import VAR_DEPTHS, load_vae, load_var
-from models.generation import check_compatible
-from models.var import VAR
-from models.vqvae import VQVAE
+from code import CollaborativeDecoder
+from models import VAR, VAR_DEPTHS, load_vae, load_var
 from utils.checkpoint import CheckpointError
-from utils.cli import UsageError
-from utils.hub import VAE_FILE, code_file, var_file
+from utils.hub import VAE_FILE, code_file, resolve_checkpoint, var_file
+
+from .args import UsageError
 
 log = logging.getLogger(__name__)
 
 PUBLISHED_DRAFT_STEPS = (6, 7, 8, 9)  # the fine-tuned pairs of Zigeng/VAR_CoDe: a d30 drafter, a d16 refiner
 DRAFTER_DEPTH, REFINER_DEPTH, MODEL_DEPTH = 30, 16, 30
-
-
-@dataclass
-class Chain:
-    """A VQVAE and the models that generate the scales; model i stops at stops[i]."""
-    vae: VQVAE
-    models: list[VAR]
-    stops: list[int]
-    files: list[str]  # checkpoint names, VQVAE last, for the report and the sample folder's settings
-
-    @property
-    def num_scales(self) -> int:
-        return self.vae.quantize.num_scales
-
-    @property
-    def num_classes(self) -> int:
-        return self.models[0].config.num_classes
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -91,45 +73,51 @@ def code_source(args: argparse.Namespace, role: str) -> tuple[str, int | None]:
     return code_file(role, args.draft_steps), depth
 
 
-def load_model(role: str, source: str, depth: int | None, device: torch.device, ckpt_dir) -> VAR:
-    log.info(f"loading the {role} from {source}")
+def load_model(role: str, source: str, depth: int | None, device: torch.device, ckpt_dir,
+               linear_dtype: torch.dtype | None) -> tuple[VAR, Path]:
+    path = resolve_checkpoint(source, ckpt_dir)
+    log.info(f"loading the {role} from {path}" + (f" (linear weights in {linear_dtype})" if linear_dtype else ""))
     try:
-        return load_var(source, depth=depth, device=device, ckpt_dir=ckpt_dir).eval()
+        return load_var(path, depth=depth, device=device, linear_dtype=linear_dtype).eval(), path
     except CheckpointError as e:
         raise UsageError(f"{role}: {e}") from None
 
 
-def finish(models: list[VAR], stops: list[int], sources: list[str], args, device: torch.device) -> Chain:
-    vae_source = args.vae_ckpt or VAE_FILE
-    log.info(f"loading the VQVAE from {vae_source}")
-    vae = load_vae(vae_source, patch_nums=models[0].config.patch_nums, device=device, ckpt_dir=args.ckpt_dir)
+def finish(models: list[VAR], draft_steps: list[int], paths: list[Path], args,
+           device: torch.device) -> tuple[CollaborativeDecoder, list[Path]]:
+    """The VQVAE, the decoder, and the checkpoint files (the models', then the VQVAE's)."""
+    vae_path = resolve_checkpoint(args.vae_ckpt or VAE_FILE, args.ckpt_dir)
+    log.info(f"loading the VQVAE from {vae_path}")
     try:
-        check_compatible(vae, models)
-    except ValueError as e:
+        vae = load_vae(vae_path, patch_nums=models[0].config.patch_nums, device=device)
+        return CollaborativeDecoder(vae, models, draft_steps), [*paths, vae_path]
+    except (CheckpointError, ValueError) as e:
         raise UsageError(str(e)) from None
-    return Chain(vae, models, stops, [Path(s).name for s in (*sources, vae_source)])
 
 
-def load_plain(args: argparse.Namespace, device: torch.device) -> Chain:
+def load_plain(args: argparse.Namespace, device: torch.device, linear_dtype: torch.dtype | None = None
+               ) -> tuple[CollaborativeDecoder, list[Path]]:
     source = args.model_ckpt or var_file(args.model_depth or MODEL_DEPTH)
     depth = args.model_depth if args.model_ckpt else (args.model_depth or MODEL_DEPTH)
-    model = load_model("VAR", source, depth, device, args.ckpt_dir)
-    return finish([model], [model.config.num_scales], [source], args, device)
+    model, path = load_model("VAR", source, depth, device, args.ckpt_dir, linear_dtype)
+    return finish([model], [], [path], args, device)
 
 
-def load_code(args: argparse.Namespace, device: torch.device) -> Chain:
+def load_code(args: argparse.Namespace, device: torch.device, linear_dtype: torch.dtype | None = None
+              ) -> tuple[CollaborativeDecoder, list[Path]]:
     """Drafter and refiner; a model that would generate no scale (draft steps 0 or K) is not even looked for."""
-    n, used = args.draft_steps, []
+    n, models, paths = args.draft_steps, [], []
 
-    def load(role: str) -> VAR:
+    def load(role: str) -> None:
         source, depth = code_source(args, role)
-        used.append(source)
-        return load_model(role, source, depth, device, args.ckpt_dir)
+        model, path = load_model(role, source, depth, device, args.ckpt_dir, linear_dtype)
+        models.append(model)
+        paths.append(path)
 
-    models = [load("refiner" if n == 0 else "drafter")]
+    load("refiner" if n == 0 else "drafter")
     K = models[0].config.num_scales
     if n > K:
         raise UsageError(f"--draft_steps {n} exceeds the {K} scales of the models")
     if 0 < n < K:
-        models.append(load("refiner"))
-    return finish(models, [n, K] if len(models) == 2 else [K], used, args, device)
+        load("refiner")
+    return finish(models, [n] if len(models) == 2 else [], paths, args, device)

@@ -1,8 +1,8 @@
 """Offline demo: a grid of samples from the miniature's checkpoints shipped in miniature/checkpoints/ (CPU, seconds).
 
-    python demo.py                                 # fine-tuned CoDe N=3: the d6 drafter, then the d2 refiner
-    python demo.py --training_free --draft_steps 2 # the plain d6 and d2 VARs collaborating
-    python demo.py --draft_steps 6                 # the large VAR alone (N = K); --draft_steps 0: the small one
+    python -m miniature.demo                                 # fine-tuned CoDe N=3: the d6 drafter, then the d2 refiner
+    python -m miniature.demo --training_free --draft_steps 2 # the plain d6 and d2 VARs collaborating
+    python -m miniature.demo --draft_steps 6                 # the large VAR alone (N = K); 0: the small one
 
 One column per class (disc, ring, square, frame, triangle, star, plus, bar, crescent, half disc), --per_class
 rows; the shipped classifier says how many samples show their requested class. No network is used. The same
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluate_miniature import add_sampling_args
-from miniature.files import SHIPPED, MiniatureFiles, load_tokenizer
-from miniature.classifier import load_classifier
-from miniature.metrics import accuracy, classify
-from models import load_var
-from utils.cli import UsageError, exit_on_error, non_negative_int, positive_int, sampling_config, writable_dir
-from utils.cli_models import Chain
+from cli.args import UsageError, exit_on_error, non_negative_int, positive_int, sampling_config, writable_dir
+from code import CollaborativeDecoder
+from models import load_vae, load_var
 from utils.images import make_grid, save_png, to_uint8
-from utils.timing import timed_generation
+
+from .classifier import load_classifier
+from .evaluate import timed_images
+from .files import SHIPPED, MiniatureFiles, add_sampling_args
+from .metrics import accuracy, classify
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,43 +38,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per_class", type=positive_int, default=8, help="rows: images per class (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--upscale", type=positive_int, default=4, help="grid magnification, nearest (default %(default)s)")
-    p.add_argument("--output", default="demo_miniature.png", help="the PNG grid (default %(default)s)")
+    p.add_argument("--output", default="outputs/demo_miniature.png", help="the PNG grid (default %(default)s)")
     add_sampling_args(p)
     return p.parse_args(argv)
 
 
 def chain_files(files: MiniatureFiles, n: int, K: int, training_free: bool) -> tuple[list[Path], list[int]]:
-    """The checkpoints that generate scales and their stops, for N = draft steps."""
+    """The checkpoints that generate scales and the draft steps between them, for N = draft steps."""
     if n > K:
         raise UsageError(f"--draft_steps {n} exceeds the {K} scales of the models")
     if n in (0, K):
-        return [files.small if n == 0 else files.large], [K]
+        return [files.small if n == 0 else files.large], []
     pair = [files.large, files.small] if training_free else [files.drafter(n), files.refiner(n)]
     missing = [p for p in pair if not p.is_file()]
     if missing:
         have = sorted(int(p.stem.split("_")[1]) for p in files.root.glob("drafter_*.pth"))
         raise UsageError(f"no fine-tuned pair for N={n} in {files.root} ({missing[0].name} is missing; fine-tuned N "
                          f"available: {have or 'none'}): pick one of those or add --training_free")
-    return pair, [n, K]
+    return pair, [n]
 
 
 def main(args: argparse.Namespace) -> float:
     """Writes the grid; returns the classifier's accuracy on it."""
     writable_dir(Path(args.output).resolve().parent)
     files = MiniatureFiles(Path(args.ckpt_dir))
-    vae, clf = load_tokenizer(files.vqvae), load_classifier(files.classifier)
+    vae, clf = load_vae(files.vqvae), load_classifier(files.classifier)
     K, num_classes = vae.quantize.num_scales, clf.config.num_classes
-    paths, stops = chain_files(files, args.draft_steps, K, args.training_free)
-    chain = Chain(vae, [load_var(p) for p in paths], stops, [p.name for p in paths] + [files.vqvae.name])
+    paths, draft_steps = chain_files(files, args.draft_steps, K, args.training_free)
+    decoder = CollaborativeDecoder(vae, [load_var(p) for p in paths], draft_steps)
     labels = torch.arange(num_classes).repeat(args.per_class)
     sampling = sampling_config(args, K, args.temperature)
-    images, timing = timed_generation(chain, labels, sampling, args.seed, torch.device("cpu"), torch.float32)
+    images, timing = timed_images(decoder, labels, sampling, args.seed)
     grid = make_grid(to_uint8(images), nrow=num_classes, padding=1)
     big = np.asarray(Image.fromarray(grid).resize((grid.shape[1] * args.upscale, grid.shape[0] * args.upscale),
                                                   Image.NEAREST))
     save_png(big, args.output)
     acc = accuracy(classify(clf, images)[0], labels)
-    print(f"{' -> '.join(chain.files[:-1])} (scales {stops}): {labels.shape[0]} images of "
+    print(f"{' -> '.join(p.name for p in paths)} (scales {decoder.stops}): {labels.shape[0]} images of "
           f"{images.shape[-1]}x{images.shape[-2]}; the classifier names the requested class for {acc:.0%}")
     print(timing.report())
     print(f"saved {args.output}")

@@ -1,6 +1,11 @@
-"""Sampling settings and the published sampler: pure functions on logits with an explicit generator."""
+"""Sampling settings and the published sampler: pure functions on logits with an explicit generator.
+
+`sample_tokens` is the published sampler; `fill_noise_` + `draw_from_noise` draw the same tokens from the same
+random stream without a host sync (the fast path's form of it).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,16 +28,18 @@ class SamplingConfig:
     greedy: bool = False
 
     def validate(self, num_scales: int) -> None:
-        if not (isinstance(self.cfg, (int, float)) and self.cfg >= 0):
-            raise ValueError(f"cfg must be a number >= 0, got {self.cfg!r}")
+        if not (isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg) and self.cfg >= 0):
+            raise ValueError(f"cfg must be a number >= 0 (and finite), got {self.cfg!r}")
         for name in ("top_k", "top_p", "temperature"):
             values = self._list(name, num_scales)
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be finite numbers, got {getattr(self, name)!r}")
             if name == "top_k" and any(int(v) != v or v < 0 for v in values):
                 raise ValueError(f"top_k must be integers >= 0 (0 disables it), got {getattr(self, name)!r}")
             if name == "top_p" and any(not 0 < v <= 1 for v in values):
                 raise ValueError(f"top_p must be in (0, 1], got {getattr(self, name)!r}")
             if name == "temperature" and any(not v > 0 for v in values):
-                raise ValueError(f"temperature must be > 0, got {getattr(self, name)!r}")
+                raise ValueError(f"temperature must be finite and > 0, got {getattr(self, name)!r}")
 
     def _list(self, name: str, num_scales: int) -> list:
         value = getattr(self, name)
@@ -94,3 +101,31 @@ def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, temperatur
         raise ValueError(f"got {len(generator)} generators for a batch of {B}")
     return torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
                         for b, g in enumerate(generator)])
+
+
+def fill_noise_(noise_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Exp(1) noise drawn exactly as torch.multinomial draws it: over all rows from one generator, or, with one
+    generator per image (see sample_tokens), each image's rows from its own."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return noise_BlV.exponential_(generator=generator)
+    if len(generator) != noise_BlV.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {noise_BlV.shape[0]}")
+    for rows_lV, g in zip(noise_BlV, generator):
+        rows_lV.exponential_(generator=g)
+    return noise_BlV
+
+
+def draw_from_noise(logits_2BlV: torch.Tensor, t: float, top_k: int, top_p: float, temperature: float,
+                    greedy: bool, noise_BlV: torch.Tensor | None) -> torch.Tensor:
+    """The published sampler on CFG-doubled logits -> (B, l) ids, drawing with given Exp(1) noise.
+
+    Same filter as sample_tokens; its torch.multinomial(probs, 1) computes argmax(probs / q) with
+    q = empty_like(probs).exponential_(generator), so noise drawn by fill_noise_ gives the same tokens.
+    """
+    logits = cfg_mix(logits_2BlV, t)
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_top_k_top_p_(logits, top_k, top_p)
+    if temperature != 1:
+        logits = logits / temperature
+    return logits.softmax(dim=-1).div_(noise_BlV).argmax(dim=-1)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from utils.data import DataError
+from .data import DataError
 
 
 @dataclass

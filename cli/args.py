@@ -1,4 +1,4 @@
-"""Command-line helpers shared by the scripts: sampling and device flags, their parsing, and clean error exits.
+"""Flags shared by the inference and sampling scripts (sampling, device, labels), their parsing, and clean exits.
 
 Errors a user can fix (a bad flag value found after the models are loaded, a missing checkpoint, an unwritable
 folder) end the script with `error: ...` on stderr and exit status 1; argparse's own errors exit with 2.
@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from models.sampling import SamplingConfig
+from code import FastPathError, SamplingConfig
 from utils.checkpoint import CheckpointError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -28,7 +28,7 @@ class UsageError(Exception):
 def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
     try:
         main(args)
-    except (UsageError, CheckpointError, OSError) as e:  # OSError: missing checkpoint, unwritable folder, full disk
+    except (UsageError, CheckpointError, FastPathError, OSError) as e:  # OSError: missing file, full disk
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -16,8 +16,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from utils.cli import UsageError
 from utils.images import read_png
+
+from .args import UsageError
 
 SEED_STRIDE = 2**32  # --seed s uses streams s * 2**32 + index: seeds never share a stream
 

@@ -10,15 +10,12 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from models.var import VAR, VARConfig
+from models import VAR, VARConfig
 from utils.checkpoint import CheckpointError, atomic_save, load_weights_only
 
 CKPT_NAME = "ckpt_last.pth"
-# Flags that fix the data order, the schedules and the objective: a resumed run must use the same values.
-RECIPE_KEYS = ("role", "draft_steps", "global_batch", "total_steps", "seed", "lr", "wd", "schedule", "warmup_ratio",
-               "min_lr_ratio", "cond_drop", "hflip", "clip", "dtype", "drop_path", "teacher_depth", "kd_temperature",
-               "ce_weight")
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -43,7 +40,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: VAR, optimizer, scaler, step: int, data: dict,
+def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer, scaler, step: int, data: dict,
                     recipe: dict, extra: dict | None = None) -> None:
     """Everything --resume needs; written to a temporary file then renamed."""
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -65,8 +62,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def check_recipe(saved: dict, current: dict, path) -> None:
-    """A resumed run continues the same recipe; refuse silently different schedules or data order."""
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in RECIPE_KEYS
+    """A resumed run continues the same recipe (data order, schedules, objective): refuse a different one."""
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
             if saved.get(k) != current.get(k)]
     if diff:
         raise CheckpointError(f"{path} was written by a different training recipe; pass the same flags to resume:\n  "
@@ -80,7 +77,7 @@ def model_from_checkpoint(ckpt: dict) -> VAR:
     return model
 
 
-def export_weights(model: VAR, path: str | os.PathLike) -> None:
-    """The official layout: exactly VAR.state_dict(), float32, nothing else."""
+def export_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """The official layout: exactly the model's state_dict(), float32, nothing else."""
     atomic_save({k: v.detach().float() if v.is_floating_point() else v.detach()
                  for k, v in model.state_dict().items()}, path)

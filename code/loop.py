@@ -1,4 +1,10 @@
-"""The one generation loop: plain VAR, a drafter, a refiner and longer chains all run through `run_scales`."""
+"""The one scale loop: plain VAR, a drafter, a refiner and every model of a longer chain run through `run_scales`.
+
+A model continues the token-map prefix it is handed (`DecodeState`): its first pass covers the whole prefix plus
+its first scale (a refiner's prefill), every later pass one scale against its KV cache. `steps` runs each pass:
+`EagerSteps` op by op, `code.fast.FastSteps` compiled and replayed from CUDA graphs; the loop, the hand-off and
+the random stream are the same for both.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +13,9 @@ from typing import Sequence
 
 import torch
 
+from models import VAR, VQVAE
+
 from .sampling import Generators, SamplingConfig, cfg_mix, sample_tokens
-from .var import VAR
-from .vqvae import VQVAE
 
 
 @dataclass
@@ -37,6 +43,24 @@ class DecodeState:
         return len(self.tokens)
 
 
+def precision(models: Sequence[VAR], device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to the models' linear-weight dtype when it is reduced (models.cast_linear_weights_, or
+    load_var(linear_dtype=...)): mixed-dtype ops need it, eager and fast paths alike. Its cast cache stays off
+    (CUDA graphs must not capture casts the cache would free after the first call). Full-precision weights leave
+    any autocast of the caller in charge, as published."""
+    reduced = sorted({str(m.head.weight.dtype) for m in models} - {str(torch.float32), str(torch.float64)})
+    if not reduced:
+        return contextlib.nullcontext()
+    if len(reduced) > 1:
+        raise ValueError(f"the models' linear weights mix {', '.join(reduced)}: cast them to one dtype")
+    dtype, kind = getattr(torch, reduced[0].removeprefix("torch.")), device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != dtype:
+        raise ValueError(f"the models' linear weights are {dtype} but autocast asks for "
+                         f"{torch.get_autocast_dtype(kind)}: every op would cast them again; load them in the "
+                         "autocast's dtype, or drop the autocast")
+    return torch.autocast(kind, dtype=dtype, cache_enabled=False)
+
+
 def compute_dtype(model: VAR, device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -61,7 +85,7 @@ def scale_logits(model: VAR, cond_BD: torch.Tensor, inputs: torch.Tensor | None,
 class EagerSteps:
     """The reference per-scale step, op by op; each model allocates its cache when it starts and frees it after.
 
-    `run_scales(..., steps=...)` accepts any object with these three methods: models.fast.FastSteps runs the
+    `run_scales(..., steps=...)` accepts any object with these three methods: code.fast.FastSteps runs the
     same step compiled and captured in CUDA graphs, while the loop, the hand-off and the random stream stay here.
     """
 
@@ -91,7 +115,7 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     block-causal pass); every later pass is one scale against the KV cache. The cache holds only the
     scales whose keys are read again (the last scale this model runs is never stored), and it is freed
     before returning, so the next model in a chain allocates into the memory this one gave back.
-    `steps` runs each pass (default EagerSteps(); models.fast.FastSteps for the compiled path).
+    `steps` runs each pass (default EagerSteps(); code.fast.FastSteps for the compiled path).
     """
     c, start = model.config, state.done
     offs, B = c.offsets, state.labels.shape[0]
@@ -121,19 +145,6 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     return state
 
 
-def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
-    """Every model of a chain must speak the VQVAE's token language."""
-    for i, m in enumerate(models):
-        c = m.config
-        for what, mine, theirs in (("patch_nums", c.patch_nums, vae.patch_nums), ("vocab_size", c.vocab_size, vae.vocab_size),
-                                   ("latent channels (Cvae)", c.cvae, vae.Cvae)):
-            if mine != theirs:
-                raise ValueError(f"model {i} (depth {c.depth}) has {what}={mine} but the VQVAE has {theirs}: "
-                                 "all models in a collaborative chain must share one tokenizer")
-        if c.num_classes != models[0].config.num_classes:
-            raise ValueError(f"model {i} has {c.num_classes} classes but model 0 has {models[0].config.num_classes}")
-
-
 def resolve_labels(labels, batch_size: int | None, num_classes: int, device, generator) -> torch.Tensor:
     """Labels as a (B,) int64 tensor; an int repeats, None draws uniformly (as published)."""
     if labels is None:
@@ -144,10 +155,15 @@ def resolve_labels(labels, batch_size: int | None, num_classes: int, device, gen
             raise ValueError("labels=None needs batch_size to know how many random classes to draw")
         uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
         return torch.multinomial(uniform, batch_size, replacement=True, generator=generator).view(batch_size)
-    if isinstance(labels, int):
+    if isinstance(labels, int) and not isinstance(labels, bool):
         labels = [labels] * (batch_size or 1)
-    labels = torch.as_tensor(labels)
-    if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point():
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"labels must be integer class ids (an int, a list or a tensor), got {labels!r}") from None
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be integer class ids, got {labels.dtype} values {labels.flatten()[:4].tolist()}")
+    if labels.ndim != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D list of class ids, got shape {tuple(labels.shape)}")
     if batch_size is not None and labels.numel() != batch_size:
         raise ValueError(f"got {labels.numel()} labels for batch_size={batch_size}")
@@ -165,66 +181,3 @@ def make_generator(seed: int | None, generator: Generators, device) -> Generator
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def fast_path_for(fast, vae: VQVAE, models: Sequence[VAR], stops: Sequence[int]):
-    """None for the eager path; the FastPath to use for fast=True (kept across calls) or the one given."""
-    if fast is False or fast is None:
-        return None
-    from .fast import FastPath, fast_path  # the fast path is optional machinery on top of this loop
-    if isinstance(fast, FastPath):
-        return fast.check_chain(vae, models, stops)
-    if fast is True:
-        return fast_path(vae, models, stops)
-    raise ValueError(f"fast must be True, False or a models.fast.FastPath, got {fast!r}")
-
-
-def check_stops(stops: Sequence[int], num_scales: int) -> None:
-    if not stops or list(stops) != sorted(stops) or stops[0] < 0 or stops[-1] != num_scales:
-        raise ValueError(f"scale boundaries {list(stops)} must be non-decreasing in 0..{num_scales} "
-                         f"and end at {num_scales}")
-
-
-@torch.no_grad()
-def generate_state(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, batch_size: int | None = None,
-                   seed: int | None = None, generator: Generators = None, keep_logits: bool = False,
-                   edit: TokenEdit | None = None, sampling: SamplingConfig | None = None, fast=False,
-                   **sampling_kwargs) -> DecodeState:
-    """Model i generates scales stops[i-1] .. stops[i]-1 (stops[-1] == K); one random stream throughout.
-
-    fast: True (or a models.fast.FastPath) runs every pass compiled and, on CUDA, replayed from CUDA graphs;
-    same tokens as the eager path in float32 (see models/fast.py for what it changes on the models).
-    """
-    sampling = sampling or SamplingConfig(**sampling_kwargs)
-    K = vae.quantize.num_scales
-    check_compatible(vae, models)
-    check_stops(stops, K)
-    sampling.validate(K)
-    path = fast_path_for(fast, vae, models, stops)
-    device = models[0].head.weight.device
-    generator = make_generator(seed, generator, device)
-    labels = resolve_labels(labels, batch_size, models[0].config.num_classes, device, generator)
-    state = DecodeState(labels, vae.quantize.zeros_fhat(labels.shape[0]),
-                        logits=[] if keep_logits else None, edit=edit)
-    with path.context() if path else contextlib.nullcontext():
-        for model, stop in zip(models, stops):
-            run_scales(model, vae, state, stop, sampling, generator, path.steps if path else None)
-    return state
-
-
-@torch.no_grad()
-def generate(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], labels=None, *, return_tokens: bool = False,
-             fast=False, **kwargs):
-    """Images in [0, 1] as (B, 3, H, W) float32; with return_tokens, also the K token maps (B, p, p).
-
-    Arguments: labels (int, list or tensor of class ids; None draws them), batch_size, cfg, top_k, top_p,
-    temperature (scalars or per-scale lists), greedy, seed or generator, sampling (a SamplingConfig),
-    edit (a TokenEdit: keep the source's tokens outside a mask), keep_logits, fast (see generate_state; it also
-    decodes with the VQVAE decoder in bf16 / channels_last on CUDA).
-    """
-    state = generate_state(vae, models, stops, labels, fast=fast, **kwargs)  # checks the chain first
-    path = fast_path_for(fast, vae, models, stops)  # the FastPath generate_state used (kept, or the one given)
-    images = path.decode(state.f_hat) if path else vae.fhat_to_unit(state.f_hat)
-    if not return_tokens:
-        return images
-    return images, [t.view(t.shape[0], p, p) for t, p in zip(state.tokens, vae.patch_nums)]
