@@ -1,4 +1,4 @@
-"""Sample images for FID: --per_class images of every class as PNGs, then one .npz for OpenAI's evaluator.
+"""Sample images for FID: --per_class images of every class, then one .npz for OpenAI's evaluator.
 
     python sample_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --output_path samples/code8
     torchrun --nproc_per_node=8 sample_CoDe.py --draft_steps 8 --output_path samples/code8     # 8 GPUs
@@ -6,29 +6,35 @@
 
 --draft_steps 10 is the drafter alone (plain VAR of --drafter_depth; add --training_free); --draft_steps 0 the
 refiner alone. Defaults are the published FID settings: cfg 1.5, top_k 600, top_p 0.96, temperature 1.1 on the
-first seven scales and 1.0 on the last three, fp16 autocast on CUDA.
+first seven scales and 1.0 on the last three, fp16 autocast on CUDA, pixels truncated to uint8 as published
+((x * 255).astype(uint8); --rounding nearest rounds instead).
+
+The GPU never waits for the disk: each batch is decoded on the GPU (--decode_chunk images per decoder call),
+converted to uint8 there, and handed to --workers threads that write its PNGs (--png, the published default;
+--no_png skips them) and a shard of raw pixels, while the next batch is generated. The .npz is assembled from the
+shards, without decoding a PNG.
 
 Determinism. Every image has its own random generator, seeded from (--seed, index) as published (image i of
-every class uses stream i with --seed 0; its class is its label), and the sampler draws each image's tokens
-from its own generator, so an image's tokens do not depend on the other images of its batch. Each image is
-then decoded on its own from its tokens, so its pixels do not depend on them either. Hence the set of images
-is the same whatever --batch_size, the number of processes, or the order in which they are made.
+every class uses stream i with --seed 0; its class is its label), and the sampler draws each image's tokens from
+its own generator, so an image's tokens do not depend on the other images of its batch, the batch size or the
+number of processes. Its pixels depend on them only through the decoder's arithmetic: on a GPU, kernels for other
+batch shapes round differently (about 1 pixel in 10^4 one level off); --decode_chunk 1 decodes each image alone,
+which makes the pixels batch-independent on the CPU.
 
-Resuming. A PNG is written under a temporary name and renamed, so an existing PNG is complete: rerunning the
-same command generates only the missing ones (leftover temporary files are removed) and writes the same .npz.
-run.json records the settings that decide the pixels; a rerun with other settings is refused.
-
-Multi-GPU: under torchrun each rank takes every world_size-th image; rank 0 assembles the .npz, in (class,
-index) order, after all ranks are done. A missing image at that point is an error that deletes nothing.
+Resuming. An interrupted run resumes by rerunning the same command: finished batches (shards) are kept, leftover
+temporary files removed, damaged or missing PNGs of finished images rewritten, and the rest generated. run.json
+records what decides the pixels (settings, the SHA-256 of every checkpoint, the rounding); a rerun with other
+values is refused. Multi-GPU: under torchrun each rank takes every world_size-th image; rank 0 assembles the .npz,
+in (class, index) order, after all ranks are done.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -36,11 +42,12 @@ from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, 
                       exit_on_error, int_list, positive_int, resolve_device, resolve_dtype, sampling_config,
                       setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
-from cli.samples import (SEED_STRIDE, ImageKey, check_settings, image_seed, pending, plan, remove_temp_files, shard,
-                         write_npz)
+from cli.sample_writer import BatchWriter
+from cli.samples import (SEED_STRIDE, Batch, ImageKey, SampleFolder, checkpoint_identity, image_seed, plan,
+                         rank_keys)
 from code import CollaborativeDecoder, FastPath, SamplingConfig
 from utils.dist import DistInfo, barrier, cleanup, init_distributed
-from utils.images import save_png, to_uint8
+from utils.images import ROUNDING, quantize
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_code_args(parser)
     add_sampling_args(parser, cfg=1.5, top_k=600, top_p=0.96, temperature="1.1*7,1.0*3", seed=0)
     g = parser.add_argument_group("samples")
-    g.add_argument("--output_path", default="samples", help="folder for images/, run.json and the .npz")
+    g.add_argument("--output_path", default="samples", help="folder for run.json, shards/, images/ and the .npz")
     g.add_argument("--per_class", type=positive_int, default=50, help="images per class (default 50)")
     g.add_argument("--classes", type=int_list, default=None,
                    help="a subset of classes, e.g. 0-99,207 (default: every class of the model)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    g.add_argument("--decode_chunk", type=positive_int, default=16,
+                   help="images per VQVAE decoder call: bounds the decoder's memory (default 16; 1 decodes each "
+                        "image alone)")
+    g.add_argument("--rounding", choices=ROUNDING, default="truncate",
+                   help="uint8 conversion: truncate as the published script, or round to nearest (default truncate)")
+    g.add_argument("--png", dest="png", action="store_true", default=True,
+                   help="also write one PNG per image into images/ (the default, as published)")
+    g.add_argument("--no_png", dest="png", action="store_false", help="write no PNGs: shards and the .npz only")
+    g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
+                   help="threads writing PNGs and shards while the next batch is generated (default: the CPU "
+                        "cores, at most 8)")
     g.add_argument("--eager", action="store_true",
                    help="run the reference eager path instead of the fast one (compiled passes replayed from CUDA "
                         "graphs, bf16 weights and decoder on CUDA; uncompiled and identical to eager on the CPU)")
@@ -63,47 +81,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def generate_images(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling: SamplingConfig, seed: int,
-                    device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> np.ndarray:
-    """(B, H, W, 3) uint8; each image from its own generator, decoded on its own (see the module docstring)."""
-    generators = [torch.Generator(device=device).manual_seed(image_seed(seed, k)) for k in keys]
+def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling: SamplingConfig, args,
+                   device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> Batch:
+    """Token maps and uint8 pixels of `keys`, each image from its own generator (see the module docstring)."""
+    generators = [torch.Generator(device=device).manual_seed(image_seed(args.seed, k)) for k in keys]
     labels = torch.tensor([k.cls for k in keys], device=device)
     with autocast(device, dtype):
         state = decoder.state(labels, generator=generators, sampling=sampling, fast=fast or False)
-        vae = decoder.vae
-        f_hat = [vae.quantize.tokens_to_fhat([t[i:i + 1] for t in state.tokens]) for i in range(len(keys))]
-        if fast is not None:
-            return to_uint8(fast.decode(torch.cat(f_hat)))  # decode_chunk=1: each image on its own
-        return to_uint8(torch.cat([vae.fhat_to_unit(f) for f in f_hat]))
+        # f_hat again from the tokens, chunk by chunk: a chunk's pixels then depend on its images alone (the
+        # batch's own f_hat went through phi's convolutions with the whole batch)
+        c = args.decode_chunk
+        f_hat = torch.cat([decoder.vae.quantize.tokens_to_fhat([t[i:i + c] for t in state.tokens])
+                           for i in range(0, len(keys), c)])
+        pixels = quantize(decoder.decode(f_hat, fast, c), args.rounding)
+    tokens = torch.cat(state.tokens, 1).to(torch.int16 if decoder.vae.vocab_size <= 2**15 else torch.int32)
+    return Batch(keys, tokens.cpu().numpy(), pixels.cpu().numpy())
 
 
-def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype) -> FastPath:
+def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype,
+                    decode_chunk: int) -> FastPath:
     """Built inside the run's autocast, so that its decoder copy takes the dtype generation computes in."""
     with autocast(device, dtype):
-        return FastPath(decoder, decode_chunk=1)
+        return FastPath(decoder, decode_chunk=decode_chunk)
 
 
-def write_images(images: Path, keys: list[ImageKey], pixels: np.ndarray) -> None:
-    for key, image in zip(keys, pixels):
-        save_png(image, images / key.filename)
-
-
-def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, files: list[Path], sampling: SamplingConfig,
-             dtype: torch.dtype) -> dict:
+def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, checkpoints: list[dict],
+             sampling: SamplingConfig, dtype: torch.dtype) -> dict:
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
-                temperature=sampling.temperature, stops=decoder.stops, checkpoints=[p.name for p in files],
-                dtype=str(dtype), fast=not args.eager)
+                temperature=sampling.temperature, stops=decoder.stops, checkpoints=checkpoints, dtype=str(dtype),
+                fast=not args.eager, rounding=args.rounding)
+
+
+def prepare_folder(args, folder: SampleFolder, decoder: CollaborativeDecoder, files: dict[str, Path],
+                   sampling: SamplingConfig, dtype: torch.dtype) -> None:
+    """Rank 0: clean up after a kill, check or record the settings, drop damaged shards."""
+    if stale := folder.prepare():
+        log.info(f"removed {len(stale)} temporary files an interrupted run left: "
+                 f"{', '.join(p.name for p in stale[:5])}{' ...' if len(stale) > 5 else ''}")
+    checkpoints = checkpoint_identity(list(files), list(files.values()), folder.root / ".checkpoint_sha256.json")
+    folder.check_settings(settings(args, decoder, checkpoints, sampling, dtype))
+    folder.done(remove_damaged=True)
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
     if args.seed >= SEED_STRIDE:
         raise UsageError(f"--seed must be below 2**32 (each seed owns 2**32 image streams), got {args.seed}")
     dtype = resolve_dtype(args.dtype, device)
-    folder = Path(args.output_path)
-    images = folder / "images"
+    folder = SampleFolder(args.output_path)
     if dist.is_main:
-        writable_dir(images)
+        writable_dir(folder.root)
     linear_dtype = None if args.eager or dtype == torch.float32 else dtype  # the fast path's weights
     decoder, files = load_code(args, device, linear_dtype)
     sampling = sampling_config(args, decoder.num_scales, code_temperature(decoder.num_scales))
@@ -111,26 +138,35 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     check_labels(classes, decoder.num_classes, "--classes")
     keys = plan(classes, args.per_class)
     if dist.is_main:
-        check_settings(folder, settings(args, decoder, files, sampling, dtype))
-        if removed := remove_temp_files(images):
-            log.info(f"removed {removed} temporary files left by an interrupted run")
+        prepare_folder(args, folder, decoder, files, sampling, dtype)
     barrier()
-    fast = None if args.eager else build_fast_path(decoder, device, dtype)
-    todo = pending(shard(keys, dist.rank, dist.world_size), images)
+    todo = [k for k in rank_keys(keys, dist.rank, dist.world_size) if k not in folder.done()]
+    fast = None if args.eager else build_fast_path(decoder, device, dtype, args.decode_chunk)
     log.info(f"{len(keys)} images in all; rank 0 of {dist.world_size} has {len(todo)} still to generate")
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
+    with BatchWriter(folder, args.png, args.workers) as writer, \
+            tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            write_images(images, batch, generate_images(decoder, batch, sampling, args.seed, device, dtype, fast))
+            writer.submit(generate_batch(decoder, batch, sampling, args, device, dtype, fast))
             bar.update(len(batch))
     barrier()
     if not dist.is_main:
         return None
-    out, shape = write_npz(images, keys, folder)
-    took = time.perf_counter() - start
-    print(f"saved {out} ({shape[0]} images of {shape[2]}x{shape[1]}); sampling took {took:.1f} s "
-          f"({len(todo) / max(took, 1e-9):.2f} images/s on rank 0)")
+    return finish(args, folder, keys, len(todo), time.perf_counter() - start, device)
+
+
+def finish(args, folder: SampleFolder, keys: list[ImageKey], generated: int, took: float,
+           device: torch.device) -> Path:
+    done = folder.done()
+    if args.png and (repaired := folder.repair_pngs(keys, done)):
+        log.info(f"rewrote {len(repaired)} missing or damaged PNGs from their shards: "
+                 f"{', '.join(p.name for p in repaired[:5])}{' ...' if len(repaired) > 5 else ''}")
+    out, shape = folder.assemble(keys, done)
+    memory = f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
+        if device.type == "cuda" else ""
+    print(f"saved {out} ({shape[0]} images of {shape[2]}x{shape[1]}{', PNGs in ' + str(folder.images) if args.png else ''}"
+          f"); generated {generated} in {took:.1f} s ({generated / max(took, 1e-9):.2f} images/s on rank 0){memory}")
     return out
 
 

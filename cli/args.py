@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from contextlib import AbstractContextManager
@@ -150,12 +151,18 @@ def check_labels(labels: list[int], num_classes: int, flag: str) -> None:
 
 
 def writable_dir(path: str | Path) -> Path:
-    """Create `path` if needed and check that a file can be written there, before any model is loaded."""
-    path = Path(path)
+    """Check, before any model is loaded, that `path` can be created (or is) a folder we can write in; creates
+    nothing, so that an error found later leaves no empty folder behind."""
+    path = Path(path).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        if existing == path:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing} is not writable")
     except OSError as e:
         raise UsageError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
     return path

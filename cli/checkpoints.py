@@ -83,36 +83,35 @@ def load_model(role: str, source: str, depth: int | None, device: torch.device, 
         raise UsageError(f"{role}: {e}") from None
 
 
-def finish(models: list[VAR], draft_steps: list[int], paths: list[Path], args,
-           device: torch.device) -> tuple[CollaborativeDecoder, list[Path]]:
-    """The VQVAE, the decoder, and the checkpoint files (the models', then the VQVAE's)."""
+def finish(models: list[VAR], draft_steps: list[int], paths: dict[str, Path], args,
+           device: torch.device) -> tuple[CollaborativeDecoder, dict[str, Path]]:
+    """The VQVAE, the decoder, and the checkpoint file of every role (the models' in chain order, then 'vae')."""
     vae_path = resolve_checkpoint(args.vae_ckpt or VAE_FILE, args.ckpt_dir)
     log.info(f"loading the VQVAE from {vae_path}")
     try:
         vae = load_vae(vae_path, patch_nums=models[0].config.patch_nums, device=device)
-        return CollaborativeDecoder(vae, models, draft_steps), [*paths, vae_path]
+        return CollaborativeDecoder(vae, models, draft_steps), {**paths, "vae": vae_path}
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e)) from None
 
 
 def load_plain(args: argparse.Namespace, device: torch.device, linear_dtype: torch.dtype | None = None
-               ) -> tuple[CollaborativeDecoder, list[Path]]:
+               ) -> tuple[CollaborativeDecoder, dict[str, Path]]:
     source = args.model_ckpt or var_file(args.model_depth or MODEL_DEPTH)
     depth = args.model_depth if args.model_ckpt else (args.model_depth or MODEL_DEPTH)
     model, path = load_model("VAR", source, depth, device, args.ckpt_dir, linear_dtype)
-    return finish([model], [], [path], args, device)
+    return finish([model], [], {"var": path}, args, device)
 
 
 def load_code(args: argparse.Namespace, device: torch.device, linear_dtype: torch.dtype | None = None
-              ) -> tuple[CollaborativeDecoder, list[Path]]:
+              ) -> tuple[CollaborativeDecoder, dict[str, Path]]:
     """Drafter and refiner; a model that would generate no scale (draft steps 0 or K) is not even looked for."""
-    n, models, paths = args.draft_steps, [], []
+    n, models, paths = args.draft_steps, [], {}
 
     def load(role: str) -> None:
         source, depth = code_source(args, role)
-        model, path = load_model(role, source, depth, device, args.ckpt_dir, linear_dtype)
+        model, paths[role] = load_model(role, source, depth, device, args.ckpt_dir, linear_dtype)
         models.append(model)
-        paths.append(path)
 
     load("refiner" if n == 0 else "drafter")
     K = models[0].config.num_scales

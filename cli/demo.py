@@ -48,11 +48,12 @@ def demo_labels(args: argparse.Namespace, num_classes: int, device: torch.device
     return torch.tensor([args.class_labels[i % len(args.class_labels)] for i in range(n)], device=device)
 
 
-def save_and_report(args: argparse.Namespace, files: list[Path], images: torch.Tensor, timing: Timing,
+def save_and_report(args: argparse.Namespace, files: dict[str, Path], images: torch.Tensor, timing: Timing,
                     device: torch.device, dtype: torch.dtype) -> None:
     save_grid(images, args.output)
     precision = str(dtype).removeprefix("torch.")
-    print(f"{' -> '.join(p.name for p in files[:-1])}: {images.shape[0]} images of {images.shape[-1]}x"
+    models = [p.name for role, p in files.items() if role != "vae"]
+    print(f"{' -> '.join(models)}: {images.shape[0]} images of {images.shape[-1]}x"
           f"{images.shape[-2]}, {device} {precision}{', fast path' if args.fast else ''}")
     print(timing.report())
     print(f"saved {args.output}")

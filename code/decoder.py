@@ -117,9 +117,12 @@ class CollaborativeDecoder:
         return state
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, fast: FastPath | None = None) -> torch.Tensor:
-        """f_hat -> images in [0, 1] as (B, 3, H, W) float32 (with the FastPath's bf16 decoder copy if given)."""
-        return fast.decode(f_hat) if fast is not None else self.vae.fhat_to_unit(f_hat)
+    def decode(self, f_hat: torch.Tensor, fast: FastPath | None = None, chunk: int | None = None) -> torch.Tensor:
+        """f_hat -> images in [0, 1] as (B, 3, H, W) float32, `chunk` images per decoder call (all at once by
+        default; a FastPath decodes with its bf16 decoder copy, in its own chunks)."""
+        if fast is not None:
+            return fast.decode(f_hat)
+        return torch.cat([self.vae.fhat_to_unit(f) for f in f_hat.split(chunk or f_hat.shape[0])])
 
     @torch.no_grad()
     def __call__(self, labels=None, *, return_tokens: bool = False, fast: bool | FastPath = False, **kwargs):

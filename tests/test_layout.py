@@ -15,7 +15,7 @@ ALLOWED = {
     "code": {"models", "utils"},
     "training": {"code", "models", "utils"},
     "cli": {"code", "models", "utils"},
-    "benchmarks": {"code", "models", "utils"},
+    "benchmarks": {"cli", "code", "models", "utils"},
     "miniature": {"training", "cli", "code", "models", "utils"},
     "<script>": {"training", "cli", "code", "models", "utils"},
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 import threading
@@ -47,3 +48,12 @@ def remove_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 2**24) -> str:
+    """The hex SHA-256 of a file's bytes, read in 16 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

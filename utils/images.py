@@ -11,10 +11,23 @@ from PIL import Image
 from .files import atomic_write
 
 
-def to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
-    """Images in [0, 1] -> (B, H, W, 3) uint8, rounded to nearest as torchvision's save_image does."""
-    x = images_B3HW.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+ROUNDING = ("truncate", "nearest")
+
+
+def quantize(images_B3HW: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
+    """Images in [0, 1] -> (B, H, W, 3) uint8 on their device. "truncate": (x * 255).astype(uint8), as the
+    published FID sampling script converts; "nearest": x * 255 + 0.5, as torchvision's save_image does."""
+    if rounding not in ROUNDING:
+        raise ValueError(f"rounding must be one of {ROUNDING}, got {rounding!r}")
+    x = images_B3HW.detach().float().mul(255)
+    if rounding == "nearest":
+        x = x.add_(0.5)
+    return x.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # on the GPU: the host only copies
+
+
+def to_uint8(images_B3HW: torch.Tensor, rounding: str = "nearest") -> np.ndarray:
+    """Images in [0, 1] -> (B, H, W, 3) uint8 numpy (see quantize)."""
+    return quantize(images_B3HW, rounding).cpu().numpy()
 
 
 def make_grid(images_BHW3: np.ndarray, nrow: int = 8, padding: int = 0, pad_value: int = 255) -> np.ndarray:
