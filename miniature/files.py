@@ -33,11 +33,20 @@ class MiniatureFiles:
     def small(self) -> Path:
         return self.root / f"var_d{self.small_depth}.pth"
 
-    def drafter(self, n: int) -> Path:
-        return self.root / f"drafter_{n}.pth"
+    def drafter(self, n: int, seed: int = 0) -> Path:
+        return self.root / f"drafter_{n}{suffix(seed)}.pth"
 
-    def refiner(self, n: int) -> Path:
-        return self.root / f"refiner_{n}.pth"
+    def refiner(self, n: int, seed: int = 0) -> Path:
+        return self.root / f"refiner_{n}{suffix(seed)}.pth"
+
+    def control(self, seed: int = 0) -> Path:
+        """The small VAR after as many extra steps as a refiner, of plain cross-entropy on all scales."""
+        return self.root / f"control{suffix(seed)}.pth"
+
+
+def suffix(seed: int) -> str:
+    """Fine-tuning seed 0 keeps the plain names (the shipped pair, the demo); other seeds are marked."""
+    return f"_s{seed}" if seed else ""
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

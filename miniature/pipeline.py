@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import evaluate
-from .files import SHIPPED, MiniatureFiles
+from .files import SHIPPED, MiniatureFiles, suffix
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,11 @@ class Sizes:
     refiner_steps: int = 1000
     batch_size: int = 32
     vocab_size: int = 256
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     draft_steps: tuple[int, ...] = (2, 3, 4)
     eval_per_class: int = 300
+    train_seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning (and control) runs per setting
+    sample_seeds: tuple[int, ...] = (0, 1000, 2000)  # evaluation runs per model
 
 
 SAVE_EVERY = 250  # steps between training checkpoints: what an interrupted stage loses at most
@@ -55,7 +58,7 @@ PRESETS = {
     "full": Sizes(),
     "smoke": Sizes(train_per_class=8, val_per_class=2, vqvae_steps=3, classifier_steps=2, classifier_batch=8,
                    large_steps=3, small_steps=3, drafter_steps=2, refiner_steps=2, batch_size=8, vocab_size=64,
-                   draft_steps=(2,), eval_per_class=2),
+                   draft_steps=(2,), eval_per_class=2, train_seeds=(0, 1), sample_seeds=(0, 1000)),
 }
 
 
@@ -66,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch per stage (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="independent stages run side by side in this many worker "
                                                        "processes (2 on 2 cores, with --threads 1; default 1)")
+    p.add_argument("--reuse_shipped", action="store_true",
+                   help="start from the shipped tokenizer, judge and base VARs (miniature/checkpoints): only the "
+                        "fine-tuning, the control and the evaluation run (with --preset full)")
     p.add_argument("--ship", action="store_true", help="copy the checkpoints into miniature/checkpoints/")
     p.add_argument("--ship_draft_steps", type=int, default=3, help="N of the fine-tuned pair shipped (default 3)")
     p.add_argument("--ship_dir", default=str(SHIPPED), help=argparse.SUPPRESS)  # tests ship elsewhere
@@ -86,17 +92,24 @@ def finetune_args(data: Path, files: MiniatureFiles, out: Path, n: int, depth: i
             "--save_every", str(SAVE_EVERY), "--resume", "auto"]
 
 
-def drafter_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes) -> list[str]:
+def drafter_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes, seed: int) -> list[str]:
     """The large VAR specialised on scales 1..N (peak lr 2e-3 x 32 / 256 = 2.5e-4 at batch 32)."""
     return [*finetune_args(data, files, out, n, sizes.large_depth, sizes.drafter_steps, sizes),
-            "--init", str(files.large), "--lr", "2e-3", "--wd", "0.05"]
+            "--init", str(files.large), "--lr", "2e-3", "--wd", "0.05", "--seed", str(seed)]
 
 
-def refiner_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes) -> list[str]:
+def refiner_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Sizes, seed: int) -> list[str]:
     """The small VAR distilled from the large one (peak lr 1.6e-2 x 32 / 256 = 2e-3 at batch 32)."""
     return [*finetune_args(data, files, out, n, sizes.small_depth, sizes.refiner_steps, sizes),
             "--init", str(files.small), "--teacher", str(files.large), "--teacher_depth", str(sizes.large_depth),
-            "--lr", "1.6e-2", "--wd", "0.0"]
+            "--lr", "1.6e-2", "--wd", "0.0", "--seed", str(seed)]
+
+
+def control_argv(data: Path, files: MiniatureFiles, out: Path, K: int, sizes: Sizes, seed: int) -> list[str]:
+    """The control for the refiner: the same model, steps, data and optimiser, but plain cross-entropy on all K
+    scales (train_drafter.py with N = K): no teacher, no specialisation."""
+    return [*finetune_args(data, files, out, K, sizes.small_depth, sizes.refiner_steps, sizes),
+            "--init", str(files.small), "--lr", "1.6e-2", "--wd", "0.0", "--seed", str(seed)]
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,7 @@ def waves(work: Path, sizes: Sizes, threads: int) -> list[list[Task]]:
         str(sizes.val_per_class), "--size", str(sizes.image_size), "--quiet"], data / "val", data / "val")
     tokenizer_and_judge = [
         Task("vqvae", "train_vqvae", ["--data_path", str(data), "--vocab_size", str(sizes.vocab_size),
+                                      "--patch_nums", ",".join(map(str, sizes.patch_nums)),
                                       *common(runs / "vqvae", sizes.vqvae_steps, threads, sizes.batch_size)],
              runs / "vqvae" / "vqvae.pth", files.vqvae),
         Task("classifier", "miniature.train_classifier", ["--data_path", str(data), "--image_size", str(sizes.image_size),
@@ -143,14 +157,25 @@ def waves(work: Path, sizes: Sizes, threads: int) -> list[list[Task]]:
              runs / f"var_d{depth}" / f"var_d{depth}.pth", target)
         for depth, steps, target in ((sizes.large_depth, sizes.large_steps, files.large),
                                      (sizes.small_depth, sizes.small_steps, files.small))]
-    finetuning = []
-    for n in sizes.draft_steps:
-        for role, make_argv, target in (("drafter", drafter_argv, files.drafter(n)),
-                                        ("refiner", refiner_argv, files.refiner(n))):
-            out = runs / f"{role}_{n}"
-            finetuning.append(Task(f"{role} N={n}", f"train_{role}", make_argv(data, files, out, n, sizes),
-                                   out / f"{role}_{n}.pth", target))
-    return [[make_data], tokenizer_and_judge, pretraining, finetuning]
+    return [[make_data], tokenizer_and_judge, pretraining, finetuning_wave(data, runs, files, sizes)]
+
+
+def finetuning_wave(data: Path, runs: Path, files: MiniatureFiles, sizes: Sizes) -> list[Task]:
+    """Per training seed: the control, then a refiner and a drafter for every N (the longest runs first, so that
+    parallel jobs finish together)."""
+    K, tasks = len(sizes.patch_nums), []
+    for seed in sizes.train_seeds:
+        out = runs / f"control{suffix(seed)}"
+        tasks.append(Task(f"control seed {seed}", "train_drafter", control_argv(data, files, out, K, sizes, seed),
+                          out / f"drafter_{K}.pth", files.control(seed)))
+        for role, make_argv, target in (("refiner", refiner_argv, files.refiner), ("drafter", drafter_argv,
+                                                                                  files.drafter)):
+            for n in sizes.draft_steps:
+                out = runs / f"{role}_{n}{suffix(seed)}"
+                tasks.append(Task(f"{role} N={n} seed {seed}", f"train_{role}",
+                                  make_argv(data, files, out, n, sizes, seed), out / f"{role}_{n}.pth",
+                                  target(n, seed)))
+    return tasks
 
 
 def run_wave(wave: list[Task], jobs: int, threads: int, log: list[str]) -> None:
@@ -176,6 +201,15 @@ def copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def reuse(shipped: MiniatureFiles, files: MiniatureFiles) -> None:
+    """The shipped tokenizer, judge and base VARs in place of their stages (a stage whose output exists is skipped)."""
+    for src, dst in ((shipped.vqvae, files.vqvae), (shipped.classifier, files.classifier),
+                     (shipped.large, files.large), (shipped.small, files.small)):
+        if not dst.exists():
+            copy(src, dst)
+            print(f"reusing the shipped {src.name} ({src}) as {dst}", flush=True)
+
+
 def ship(files: MiniatureFiles, n: int, to: Path) -> None:
     for src in (files.vqvae, files.classifier, files.large, files.small, files.drafter(n), files.refiner(n)):
         copy(src, to / src.name)
@@ -187,12 +221,16 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sizes, start, work = PRESETS[args.preset], time.perf_counter(), Path(args.work)
     files, log = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth), []
+    if args.reuse_shipped:
+        reuse(MiniatureFiles(SHIPPED, sizes.large_depth, sizes.small_depth), files)
     for wave in waves(work, sizes, args.threads):
         run_wave(wave, args.jobs, args.threads, log)
     evaluate.main(evaluate.parse_args([
         "--ckpt_dir", str(files.root), "--data_path", str(work / "data"), "--out", str(work / "eval"),
         "--draft_steps", ",".join(map(str, sizes.draft_steps)), "--per_class", str(sizes.eval_per_class),
-        "--large_depth", str(sizes.large_depth), "--small_depth", str(sizes.small_depth)]))
+        "--large_depth", str(sizes.large_depth), "--small_depth", str(sizes.small_depth), "--train_seeds",
+        ",".join(map(str, sizes.train_seeds)), "--seeds", ",".join(map(str, sizes.sample_seeds)),
+        "--threads", str(args.threads)]))
     if args.ship:
         ship(files, args.ship_draft_steps, Path(args.ship_dir))
     print(f"stage times: {'; '.join(log) or 'all stages existed'}; total {time.perf_counter() - start:.0f} s")

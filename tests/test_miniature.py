@@ -1,5 +1,6 @@
 """The offline miniature (issue 6): the data set, the tokenizer's training, the quantiser's training forward,
 the shipped models, the evaluation and the whole pipeline on a toy budget."""
+import importlib.util
 import json
 from pathlib import Path
 
@@ -197,17 +198,29 @@ def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     argv = ["--work", str(tmp_path / "work"), "--preset", "smoke", "--threads", "1", "--jobs", "2", "--ship",
             "--ship_draft_steps", "2", "--ship_dir", str(tmp_path / "shipped")]
     assert pipeline.main(pipeline.parse_args(argv)) == 0
-    table = (tmp_path / "work" / "eval" / "table.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in table] == [
-        "setting", "real images (train)", "VQVAE reconstructions", "large VAR (d6)", "small VAR (d2)",
-        "CoDe N=2 training-free", "CoDe N=2 fine-tuned"]
+    work, ev = tmp_path / "work", tmp_path / "work" / "eval"
+    table = (ev / "table.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in table] == [
+        ["setting", "runs"], ["real images (train)", "1"], ["VQVAE reconstructions", "1"], ["large VAR (d6)", "2"],
+        ["small VAR (d2)", "2"], ["CoDe N=2 training-free", "2"], ["CoDe N=2 fine-tuned", "4"],
+        ["CoDe N=2 control", "4"]]  # 2 sampling seeds; 2 fine-tuning seeds x 2 for the trained settings
+    assert sorted(p.name for p in (work / "ckpt").glob("*_s1.pth")) == ["control_s1.pth", "drafter_2_s1.pth",
+                                                                        "refiner_2_s1.pth"]
     assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == [
         "classifier.pth", "drafter_2.pth", "refiner_2.pth", "var_d2.pth", "var_d6.pth", "vqvae.pth"]
-    assert sorted(p.name for p in (tmp_path / "work" / "eval").glob("grid_*.png")) == [
-        "grid_code_n2_fine_tuned.png", "grid_code_n2_training_free.png", "grid_large_var_d6.png", "grid_small_var_d2.png"]
+    assert sorted(p.name for p in ev.glob("grid_*.png")) == [
+        "grid_code_n2_control.png", "grid_code_n2_fine_tuned.png", "grid_code_n2_training_free.png",
+        "grid_large_var_d6.png", "grid_small_var_d2.png"]
+    orderings = (ev / "orderings.md").read_text()
+    assert "N=2: fine-tuning beats the control" in orderings and "the large model beats the small one" in orderings
+    assert read_png(ev / "overview.png").shape == (4 * (5 * 17 + 1), 4 * (10 * 17 + 1), 3)  # 5 settings x 10 classes
+    assert (ev / "tradeoff.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+    assert len((ev / "results.jsonl").read_text().splitlines()) == 14
     capsys.readouterr()
-    assert pipeline.main(pipeline.parse_args(argv[:4])) == 0  # everything exists: only the evaluation runs again
-    assert "all stages existed" in capsys.readouterr().out
+    assert pipeline.main(pipeline.parse_args(argv[:4])) == 0  # everything exists: only the tables are made again
+    out = capsys.readouterr().out
+    assert "all stages existed" in out and "(fine-tuning seed" not in out  # no run was repeated
+    assert len((ev / "results.jsonl").read_text().splitlines()) == 14
 
 
 def test_evaluate_rejects_a_draft_step_out_of_range(tmp_path, shapes_data):

@@ -202,8 +202,21 @@ def test_wrong_depths_and_draft_steps_are_clear_errors(assets, tmp_path, capsys)
     assert f"{assets / 'd3.pth'} holds a depth-3 VAR but depth 2 was requested" in capsys.readouterr().err
     assert run(train_refiner, refiner_args(assets, tmp_path, "--teacher_depth", "4")) == 2
     assert f"{assets / 'd3.pth'} holds a depth-3 VAR but depth 4" in capsys.readouterr().err
-    assert run(train_drafter, args_for(assets, tmp_path, "--draft_steps", "4")) == 2
-    assert "--draft_steps must be in 1..3" in capsys.readouterr().err
+    assert run(train_drafter, args_for(assets, tmp_path, "--draft_steps", "5")) == 2
+    assert "--draft_steps must be in 1..4 for the drafter of a 4-scale model" in capsys.readouterr().err
+    assert run(train_refiner, refiner_args(assets, tmp_path, "--draft_steps", "4")) == 2
+    assert "--draft_steps must be in 1..3 for the refiner" in capsys.readouterr().err
+
+
+def test_a_drafter_on_every_scale_is_plain_var_fine_tuning(assets, tmp_path):
+    """N = K: cross-entropy on all scales, the objective of VAR's pre-training (the miniature's control)."""
+    assert run(train_drafter, args_for(assets, tmp_path, "--draft_steps", "4", "--max_steps", "1", "--cond_drop",
+                                       "0", "--grad_accum", "1", "--batch_size", "12")) == 0
+    b = fixed_batch(assets)
+    full = torch.nn.functional.cross_entropy(load_var(assets / "d2.pth")(b.labels_B, b.inputs).flatten(0, 1),
+                                             b.gt_BL.flatten())
+    assert drafter_ce(load_var(assets / "d2.pth")(b.labels_B, b.inputs), b.gt_BL, 4, (0, 1, 5, 14, 30)) == full
+    assert (tmp_path / "drafter_4.pth").is_file()
 
 
 def test_cli_exit_code_and_message(assets, tmp_path):

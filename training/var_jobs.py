@@ -67,10 +67,13 @@ def load_student(cfg: FinetuneConfig, resume: dict | None) -> VAR:
     return load_var(cfg.init or var_file(cfg.depth), depth=cfg.depth, ckpt_dir=cfg.ckpt_dir)
 
 
-def check_draft_steps(draft_steps: int, model: VAR) -> None:
+def check_draft_steps(draft_steps: int, model: VAR, role: str) -> None:
+    """1..K-1 for a refiner; a drafter may also take N = K: cross-entropy on every scale, i.e. plain VAR
+    fine-tuning (the miniature's control for the refiner's extra training)."""
     K = model.config.num_scales
-    if not 1 <= draft_steps <= K - 1:
-        raise ConfigError(f"--draft_steps must be in 1..{K - 1} for {K} scales, got {draft_steps}")
+    top = K if role == "drafter" else K - 1
+    if not 1 <= draft_steps <= top:
+        raise ConfigError(f"--draft_steps must be in 1..{top} for the {role} of a {K}-scale model, got {draft_steps}")
 
 
 def set_drop_path(model: VAR, rate: float) -> None:
@@ -90,7 +93,7 @@ def finetune_job(cfg: FinetuneConfig, info: DistInfo, resume: dict | None, objec
                  recipe: dict | None = None) -> Job:
     """The drafter's or the refiner's Job; the objective is the role's loss."""
     student = load_student(cfg, resume)
-    check_draft_steps(cfg.draft_steps, student)
+    check_draft_steps(cfg.draft_steps, student, cfg.role)
     vae = load_frozen_vae(cfg.vae, student, info.device, cfg.ckpt_dir)
     fits(vae, [student], f"the {cfg.role} ({resume and 'the resume checkpoint' or cfg.init or var_file(cfg.depth)})")
     set_drop_path(student, cfg.drop_path)
