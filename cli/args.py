@@ -1,13 +1,15 @@
 """Flags shared by the inference and sampling scripts (sampling, device, labels), their parsing, and clean exits.
 
-Errors a user can fix (a bad flag value found after the models are loaded, a missing checkpoint, an unwritable
-folder) end the script with `error: ...` on stderr and exit status 1; argparse's own errors exit with 2.
+Exit status, for every script: 0 done; 2 the command or its inputs need fixing (a bad flag, a missing or unusable
+checkpoint, data or output folder; argparse's own errors too); 1 the run failed otherwise (a write error such as a
+full disk, the fast path failing to compile). Errors print one line, `error: ...`, without a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 from contextlib import AbstractContextManager
@@ -26,12 +28,18 @@ class UsageError(Exception):
     """A problem with the command's inputs, reported as one line without a traceback."""
 
 
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
 def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
     try:
         main(args)
-    except (UsageError, CheckpointError, FastPathError, OSError) as e:  # OSError: missing file, full disk
+    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_USAGE)
+    except (FastPathError, OSError) as e:  # a write that failed (full disk, permissions), a compile that failed
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 def setup_logging(is_main: bool = True) -> None:
@@ -72,18 +80,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+INT_OR_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
 def int_list(text: str) -> list[int]:
     """'207,360' or '0-9,20' (inclusive ranges) -> a list of integers >= 0."""
     out = []
     for part in text.split(","):
-        lo, dash, hi = part.partition("-")
-        if dash:
-            start, stop = non_negative_int(lo), non_negative_int(hi)
-            if stop < start:
-                raise argparse.ArgumentTypeError(f"range {part!r} is empty")
-            out += range(start, stop + 1)
-        else:
-            out.append(non_negative_int(part))
+        m = INT_OR_RANGE.fullmatch(part.strip())
+        if m is None:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a class id (an integer >= 0) or a range such as 0-9")
+        start, stop = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if stop < start:
+            raise argparse.ArgumentTypeError(f"range {part!r} is empty")
+        out += range(start, stop + 1)
     return out
 
 

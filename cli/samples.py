@@ -59,7 +59,7 @@ class MissingImagesError(UsageError):
     pass
 
 
-class SampleWriteError(RuntimeError):
+class SampleWriteError(OSError):
     """Writing a finished image failed (full disk, permissions, ...); the message names the file."""
 
 

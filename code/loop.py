@@ -48,12 +48,13 @@ def precision(models: Sequence[VAR], device: torch.device) -> contextlib.Abstrac
     load_var(linear_dtype=...)): mixed-dtype ops need it, eager and fast paths alike. Its cast cache stays off
     (CUDA graphs must not capture casts the cache would free after the first call). Full-precision weights leave
     any autocast of the caller in charge, as published."""
-    reduced = sorted({str(m.head.weight.dtype) for m in models} - {str(torch.float32), str(torch.float64)})
+    reduced = {m.head.weight.dtype for m in models} - {torch.float32, torch.float64}
     if not reduced:
         return contextlib.nullcontext()
     if len(reduced) > 1:
-        raise ValueError(f"the models' linear weights mix {', '.join(reduced)}: cast them to one dtype")
-    dtype, kind = getattr(torch, reduced[0].removeprefix("torch.")), device.type
+        raise ValueError(f"the models' linear weights mix {', '.join(sorted(map(str, reduced)))}: cast them to one "
+                         "dtype")
+    dtype, kind = reduced.pop(), device.type
     if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != dtype:
         raise ValueError(f"the models' linear weights are {dtype} but autocast asks for "
                          f"{torch.get_autocast_dtype(kind)}: every op would cast them again; load them in the "
@@ -161,10 +162,10 @@ def resolve_labels(labels, batch_size: int | None, num_classes: int, device, gen
         labels = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"labels must be integer class ids (an int, a list or a tensor), got {labels!r}") from None
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be integer class ids, got {labels.dtype} values {labels.flatten()[:4].tolist()}")
     if labels.ndim != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D list of class ids, got shape {tuple(labels.shape)}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be integer class ids, got {labels.dtype} values {labels[:4].tolist()}")
     if batch_size is not None and labels.numel() != batch_size:
         raise ValueError(f"got {labels.numel()} labels for batch_size={batch_size}")
     lo, hi = int(labels.min()), int(labels.max())

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from cli.args import UsageError, exit_on_error, non_negative_int, positive_int, sampling_config, writable_dir
 from code import CollaborativeDecoder
 from models import load_vae, load_var
-from utils.images import make_grid, save_png, to_uint8
+from utils.images import save_grid
 
 from .classifier import load_classifier
 from .evaluate import timed_images
@@ -69,10 +67,7 @@ def main(args: argparse.Namespace) -> float:
     labels = torch.arange(num_classes).repeat(args.per_class)
     sampling = sampling_config(args, K, args.temperature)
     images, timing = timed_images(decoder, labels, sampling, args.seed)
-    grid = make_grid(to_uint8(images), nrow=num_classes, padding=1)
-    big = np.asarray(Image.fromarray(grid).resize((grid.shape[1] * args.upscale, grid.shape[0] * args.upscale),
-                                                  Image.NEAREST))
-    save_png(big, args.output)
+    save_grid(images, args.output, nrow=num_classes, padding=1, upscale=args.upscale)
     acc = accuracy(classify(clf, images)[0], labels)
     print(f"{' -> '.join(p.name for p in paths)} (scales {decoder.stops}): {labels.shape[0]} images of "
           f"{images.shape[-1]}x{images.shape[-2]}; the classifier names the requested class for {acc:.0%}")

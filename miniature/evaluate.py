@@ -33,7 +33,7 @@ from cli.args import UsageError, exit_on_error, int_list, positive_int, sampling
 from cli.timing import Timing, timed_generation
 from code import CollaborativeDecoder, SamplingConfig
 from models import load_vae, load_var
-from utils.images import make_grid, save_png, to_uint8
+from utils.images import save_grid
 
 from .classifier import load_classifier
 from .files import SHIPPED, MiniatureFiles, add_sampling_args
@@ -132,7 +132,7 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, pa
     """Two images of every class, one class per column."""
     picks = [int(i) for c in range(num_classes) for i in (labels == c).nonzero()[:2, 0]]
     picks = picks[0::2] + picks[1::2]
-    save_png(make_grid(to_uint8(images[picks]), nrow=num_classes, padding=1), path)
+    save_grid(images[picks], path, nrow=num_classes, padding=1)
 
 
 class Evaluator:
@@ -179,8 +179,7 @@ class Evaluator:
         """One sample of every class (sampling seed --seeds[0]) per chosen setting: one row each, 4x enlarged."""
         labels = torch.arange(self.num_classes)
         rows = [self.decoder(s)(labels, seed=self.args.seeds[0], sampling=self.sampling) for s in chosen]
-        grid = make_grid(to_uint8(torch.cat(rows)), nrow=self.num_classes, padding=1)
-        save_png(grid.repeat(4, axis=0).repeat(4, axis=1), path)
+        save_grid(torch.cat(rows), path, nrow=self.num_classes, padding=1, upscale=4)
 
 
 # ---- results --------------------------------------------------------------------------------------------

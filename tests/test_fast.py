@@ -442,3 +442,15 @@ def test_benchmark_arguments(capsys):
         with pytest.raises(SystemExit) as e:
             benchmark.parse_args(bad)
         assert e.value.code == 2
+
+
+def test_models_of_a_chain_must_share_their_reduced_dtype(chain):
+    vae, drafter, refiner = chain
+    d16 = cast_linear_weights_(copy.deepcopy(drafter), torch.bfloat16)
+    r16 = cast_linear_weights_(copy.deepcopy(refiner), torch.float16)
+    with pytest.raises(ValueError, match="linear weights mix torch.bfloat16, torch.float16"):
+        CollaborativeDecoder(vae, [d16, r16], [2])([1])
+    mixed = CollaborativeDecoder(vae, [d16, refiner], [2])  # fp32 next to bf16: the bf16 autocast serves both
+    with torch.autocast("cpu", torch.bfloat16):
+        ref = CollaborativeDecoder(vae, [drafter, refiner], [2]).state([1, 2], seed=0)
+    assert_same_state(ref, mixed.state([1, 2], seed=0), logits=False)

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import infer_CoDe
@@ -15,7 +16,7 @@ from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
-from utils.images import make_grid, read_png, to_uint8
+from utils.images import read_png
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3
 
@@ -35,7 +36,9 @@ def run(module, argv):
 
 
 def grid_of(images):
-    return make_grid(to_uint8(images))
+    """What the scripts save: torchvision's grid, 8 per row, rounded to nearest as save_image does."""
+    grid = torchvision.utils.make_grid(images, nrow=8, padding=0)
+    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def test_infer_original_by_depth_matches_the_library(hub, tmp_path, capsys):
@@ -218,12 +221,50 @@ def test_code_argparse_errors_exit_2(argv):
     assert e.value.code == 2
 
 
-def test_exit_on_error_prints_one_line_and_exits_1(tmp_path, capsys):
+def test_exit_on_error_prints_one_line_and_exits_2_for_bad_input_1_for_a_failed_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         exit_on_error(infer_original.main, infer_original.parse_args(["--output", str(tmp_path / "g.png"),
                                                                       "--device", "nope"]))
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert capsys.readouterr().err == "error: --device 'nope' is not a device (cuda, cuda:N or cpu)\n"
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(SystemExit) as e:
+        exit_on_error(disk_full, None)
+    assert e.value.code == 1 and capsys.readouterr().err == "error: [Errno 28] No space left on device\n"
+
+
+@pytest.mark.parametrize("flag, value", [("--cfg", "inf"), ("--temperature", "inf"), ("--temperature", "1.1,inf,1,1"),
+                                         ("--top_p", "nan"), ("--cfg", "nan")])
+def test_every_sampling_number_must_be_finite(small_ckpts, tmp_path, flag, value):
+    with pytest.raises(UsageError, match=f"{flag} must be"):
+        run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", flag, value, "--output", str(tmp_path / "g.png")))
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([1.0, 2.0], "integer class ids, got torch.float32"), ([True, False], "integer class ids, got torch.bool"),
+    (["cat"], "integer class ids"), ([[1, 2]], "1-D list"), ([], "non-empty")])
+def test_labels_that_are_not_class_ids(small_ckpts, labels, message):
+    vae, drafter, refiner = load_small(small_ckpts)
+    with pytest.raises(ValueError, match=message):
+        collaborative_generate(drafter, refiner, vae, labels, draft_steps=2)
+
+
+def test_negative_class_ids_are_named(capsys):
+    for argv in (["--class_labels", "-1"], ["--class_labels", "1,-3"]):
+        with pytest.raises(SystemExit) as e:
+            infer_original.parse_args(argv)
+        assert e.value.code == 2 and "is not a class id (an integer >= 0) or a range" in capsys.readouterr().err
+
+
+def test_a_vqvae_of_other_scales_is_named(small_ckpts, published_ckpts, tmp_path):
+    """A 10-scale VQVAE with a 4-scale VAR used to fail on a buffer's shape."""
+    with pytest.raises(UsageError, match=r"is a VQVAE of 10 scales .* but patch_nums \(1, 2, 3, 4\) has 4: use the VQVAE"):
+        run(infer_CoDe, small_args({**small_ckpts, "vae": published_ckpts["vae_ch160v4096z32.pth"]},
+                                   "--draft_steps", "2", "--output", str(tmp_path / "g.png")))
+    assert not (tmp_path / "g.png").exists()
 
 
 # ---- real processes ---------------------------------------------------------------------------------
@@ -248,6 +289,6 @@ def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path):
     assert "latency with the VQVAE decoder" in r.stdout
     r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "12", "--output",
                                             str(tmp_path / "c.png")))
-    assert r.returncode == 1 and r.stderr.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)")
+    assert r.returncode == 2 and r.stderr.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)")
     r = script("infer_CoDe.py", "--draft_steps", "11")
     assert r.returncode == 2 and "invalid choice: 11" in r.stderr

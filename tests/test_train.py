@@ -3,6 +3,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import train_refiner
 from code import var_generate
 from code.losses import RefinerLoss, drafter_ce
 from conftest import ROOT, tiny_pair, tiny_var_like
-from models import VAR, load_vae, load_var
+from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform
 from training.optim import LRSchedule, scaled_lr
 from training.var_jobs import make_batch
@@ -299,3 +300,53 @@ def test_refiner_flags_validation_and_loss_mix(assets, tmp_path):
     assert [r["step"] for r in val] == [1, 2] and all(r["val_kd"] > 0 for r in val)
     for r in train + [{k[4:]: v for k, v in r.items() if k.startswith("val_")} for r in val]:
         assert r["loss"] == pytest.approx(r["kd"] + 0.5 * r["ce"], rel=1e-5)
+
+
+# ---- bad input and interrupted runs (issue 12) -----------------------------------------------------------------
+@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_an_unreadable_training_image_stops_the_run_with_its_name(assets, tmp_path, capsys, workers, damage):
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    bad = data / "train" / "n001" / "img2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:100] if damage == "truncated" else b"not an image at all\n")
+    argv = args_for(assets, tmp_path / "out", "--max_steps", "3", "--num_workers", workers, data=data)
+    assert run(train_drafter, argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad} cannot be read as an image" in err and "remove or replace it" in err
+    assert "Traceback" not in err and err.count("error: ") == 1
+
+
+def test_a_teacher_or_init_that_does_not_fit_the_vqvae_is_a_one_line_error(assets, tmp_path, capsys):
+    kw = dict(width=64, heads=2, num_classes=10, vocab_size=64, cvae=8, patch_nums=(1, 2, 3, 4))
+    other = build_var(3, **{**kw, "vocab_size": 32})  # another vocabulary
+    classes = build_var(3, **{**kw, "num_classes": 20})  # another class count
+    scales = build_var(2, **{**kw, "patch_nums": (1, 2, 4)})  # another pyramid
+    for name, model in (("vocab.pth", other), ("classes.pth", classes), ("scales.pth", scales)):
+        atomic_save(model.state_dict(), tmp_path / name)
+    assert run(train_refiner, refiner_args(assets, tmp_path / "a", "--teacher", str(tmp_path / "vocab.pth"))) == 2
+    err = capsys.readouterr().err
+    assert f"the teacher ({tmp_path / 'vocab.pth'}) does not fit the VQVAE: model 1 (depth 3) has vocab_size=32" in err
+    assert run(train_refiner, refiner_args(assets, tmp_path / "b", "--teacher", str(tmp_path / "classes.pth"))) == 2
+    assert "model 1 has 20 classes but model 0 has 10" in capsys.readouterr().err
+    argv = args_for(assets, tmp_path / "c")
+    argv[argv.index("--init") + 1] = str(tmp_path / "scales.pth")
+    assert run(train_drafter, argv) == 2
+    err = capsys.readouterr().err
+    assert "patch_nums" in err and "Traceback" not in err
+
+
+def test_temporary_files_of_a_killed_run_are_removed_and_the_log_does_not_repeat_steps(assets, tmp_path, capsys):
+    recipe = ["--max_steps", "4", "--log_every", "1", "--save_every", "2"]
+    assert run(train_drafter, args_for(assets, tmp_path, *recipe, "--stop_at", "2")) == 0
+    with open(tmp_path / "log.jsonl", "a") as f:  # steps 3 and 4 were logged, then the kill came before a save
+        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + json.dumps({"step": 4, "loss": 9.0}) + "\n{\"step")
+    (tmp_path / ".ckpt_last.pth.abc123.tmp").write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    assert run(train_drafter, args_for(assets, tmp_path, *recipe, "--resume", "auto")) == 0
+    assert not list(tmp_path.glob(".*.tmp"))
+    err = capsys.readouterr().err
+    assert "removed 1 temporary files an interrupted run left" in err and ".ckpt_last.pth.abc123.tmp" in err
+    assert "resuming at step 2: dropped 3 lines" in err
+    assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3, 4] and 9.0 not in [r["loss"] for r in
+                                                                                   log_records(tmp_path)]

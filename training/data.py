@@ -1,8 +1,9 @@
-"""ImageNet-style image folders and VAR's training transforms, written with PIL and numpy.
+"""ImageNet-style image folders (torchvision's ImageFolder) and VAR's training transform (torchvision's v2 ops).
 
 Every random choice of a sample (crop offset, flip, label drop) comes from a numpy Generator seeded with
-(seed, epoch, image index): the same image gets the same augmentation whichever rank, worker, batch size
-or resumed run loads it, so training is reproducible across world sizes and restarts.
+(seed, epoch, image index), not from torch's global generator as torchvision's random transforms draw: the same
+image gets the same augmentation whichever rank, worker, batch size or resumed run loads it, so training is
+reproducible across world sizes and restarts.
 """
 from __future__ import annotations
 
@@ -12,83 +13,81 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import InterpolationMode
 
 
 class DataError(ValueError):
-    """A data folder that cannot be used, with the folder in the message."""
+    """A data folder or image that cannot be used, with its path in the message."""
 
 
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
-    """`root/<class>/<image>`: classes sorted by folder name -> ids 0..C-1, and (path, id) pairs."""
-    root = Path(root)
+def check_image_folder(root: Path) -> None:
+    """The errors torchvision would raise as FileNotFoundError, as DataErrors that say what was expected."""
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    if not classes:
+    if not any(d.is_dir() for d in os.scandir(root)):
         raise DataError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    samples = []
-    for i, name in enumerate(classes):
-        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and f.is_file())
-        samples += [(str(f), i) for f in files]
-    if not samples:
-        raise DataError(f"data folder {root} has {len(classes)} class folders but no images "
-                        f"(extensions {', '.join(IMG_EXTENSIONS)})")
-    return classes, samples
-
-
-def resize_short_side(img: Image.Image, size: int) -> Image.Image:
-    """Short side to `size` with Lanczos, aspect ratio kept (torchvision's Resize(int) arithmetic)."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short == size:
-        return img
-    new_long = int(size * long / short)
-    return img.resize((size, new_long) if w <= h else (new_long, size), Image.LANCZOS)
-
-
-def crop_box(w: int, h: int, size: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
-    """A random (rng) or centred (rng None) size x size window."""
-    if rng is None:
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    else:
-        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    return left, top, left + size, top + size
 
 
 @dataclass
 class ImageTransform:
-    """Resize the short side to round(1.125 * size), crop size x size, optional flip, scale to [-1, 1]."""
+    """Resize the short side to round(1.125 * size) with Lanczos, crop size x size (random for training, centred
+    otherwise), optional flip, scale to [-1, 1]: the published recipe, pixel for pixel."""
     size: int
     train: bool = True
     hflip: bool = False
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        img = resize_short_side(img.convert("RGB"), round(1.125 * self.size))
-        img = img.crop(crop_box(*img.size, self.size, rng if self.train else None))
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None) -> torch.Tensor:
+        img = TF.resize(img, [round(1.125 * self.size)], interpolation=InterpolationMode.LANCZOS)
+        if self.train:
+            w, h = img.size
+            top, left = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
+            img = TF.crop(img, top, left, self.size, self.size)
+        else:
+            img = TF.center_crop(img, [self.size, self.size])
         if self.train and self.hflip and rng.random() < 0.5:
-            arr = arr[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).mul(2).sub(1)
+            img = TF.horizontal_flip(img)
+        # ToTensor's division by 255, as published (v2's to_dtype(scale=True) multiplies by 1/255: an ulp away)
+        return TF.pil_to_tensor(img).to(torch.float32).div_(255).mul_(2).sub_(1)
 
 
-class ImageFolder(torch.utils.data.Dataset):
-    """Indexed by (image index, epoch): returns (image in [-1, 1], class id, drop the label?)."""
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder (classes from sorted folder names, its extensions and loader), indexed by
+    (image index, epoch): returns (image in [-1, 1], class id, drop the label?)."""
 
     def __init__(self, root: str | os.PathLike, transform: ImageTransform, seed: int = 0, cond_drop: float = 0.0):
-        self.root, self.transform, self.seed, self.cond_drop = Path(root), transform, seed, cond_drop
-        self.classes, self.samples = scan_image_folder(root)
-
-    def __len__(self) -> int:
-        return len(self.samples)
+        root = Path(root)
+        check_image_folder(root)
+        super().__init__(str(root), allow_empty=True)
+        if not self.samples:
+            raise DataError(f"data folder {root} has {len(self.classes)} class folders but no images "
+                            f"(extensions {', '.join(IMG_EXTENSIONS)})")
+        self.root, self.transform, self.seed, self.cond_drop = root, transform, seed, cond_drop
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
         index, epoch = key
         rng = np.random.default_rng((self.seed, epoch, index))
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            x = self.transform(img, rng)
+        try:
+            x = self.transform(self.loader(path), rng)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
+            raise DataError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): remove or replace it, "
+                            "then rerun the same command (with --resume auto it continues from the last "
+                            "checkpoint)") from None
         drop = self.transform.train and bool(rng.random() < self.cond_drop)
         return x, label, drop
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
+    """`root/<class>/<image>`: classes sorted by folder name -> ids 0..C-1, and (path, id) pairs."""
+    root = Path(root)
+    check_image_folder(root)
+    classes, class_to_idx = torchvision.datasets.folder.find_classes(str(root))
+    samples = torchvision.datasets.folder.make_dataset(str(root), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise DataError(f"data folder {root} has {len(classes)} class folders but no images "
+                        f"(extensions {', '.join(IMG_EXTENSIONS)})")
+    return classes, samples

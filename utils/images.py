@@ -1,4 +1,4 @@
-"""Image I/O without torchvision: uint8 conversion, grids, atomic PNG writes, and loading a square input image."""
+"""Image files: uint8 conversion, atomic PNG writes, grids (torchvision), and loading a square input image."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 from .files import atomic_write
@@ -30,26 +31,20 @@ def to_uint8(images_B3HW: torch.Tensor, rounding: str = "nearest") -> np.ndarray
     return quantize(images_B3HW, rounding).cpu().numpy()
 
 
-def make_grid(images_BHW3: np.ndarray, nrow: int = 8, padding: int = 0, pad_value: int = 255) -> np.ndarray:
-    """Tile B images row by row, `nrow` per row (the published demos use nrow=8, padding=0)."""
-    B, H, W, C = images_BHW3.shape
-    cols = min(nrow, B)
-    rows = -(-B // cols)
-    grid = np.full((rows * (H + padding) + padding, cols * (W + padding) + padding, C), pad_value, np.uint8)
-    for i, img in enumerate(images_BHW3):
-        y, x = padding + (i // cols) * (H + padding), padding + (i % cols) * (W + padding)
-        grid[y:y + H, x:x + W] = img
-    return grid
-
-
 def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> None:
     """Write a PNG atomically (utils.files.atomic_write): a kill never leaves half a file."""
     atomic_write(path, lambda f: Image.fromarray(image_HW3).save(f, format="PNG"))
 
 
-def save_grid(images_B3HW: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 0) -> None:
-    """Images in [0, 1] as one PNG grid, `nrow` per row."""
-    save_png(make_grid(to_uint8(images_B3HW), nrow=nrow, padding=padding), path)
+def save_grid(images_B3HW: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 0,
+              pad_value: float = 1.0, upscale: int = 1) -> None:
+    """Images in [0, 1] as one PNG grid, `nrow` per row (torchvision's make_grid and save_image: rounded to
+    nearest), optionally enlarged `upscale` times (nearest), written atomically."""
+    grid = torchvision.utils.make_grid(images_B3HW.detach().float().cpu(), nrow=nrow, padding=padding,
+                                       pad_value=pad_value)
+    if upscale > 1:
+        grid = grid.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
+    atomic_write(path, lambda f: torchvision.utils.save_image(grid, f, format="PNG"))
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
