@@ -306,8 +306,8 @@ def test_compiled_steps_match_eager_and_share_one_block(chain):
     # four passes (drafter scales 0, 1; refiner prefill 0..2, then 3), each (blocks, head, sampler) specialised
     # once: the drafter's 4 blocks share one compiled block per pass, so the count does not grow with depth
     graphs = compiled_matches_eager(CollaborativeDecoder(vae, [deeper, refiner], [2]), "aot_eager")
-    assert graphs == compiled_matches_eager(CollaborativeDecoder(vae, [shallow, refiner], [2]), "aot_eager")
-    if TORCH >= (2, 13):  # older Dynamo releases count their graphs differently (18 under torch 2.4)
+    if TORCH >= (2, 13):  # torch 2.4's Dynamo compiles some blocks apart (18 graphs): the same tokens, more compiling
+        assert graphs == compiled_matches_eager(CollaborativeDecoder(vae, [shallow, refiner], [2]), "aot_eager")
         assert graphs == 4 * 3
 
 
