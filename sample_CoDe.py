@@ -120,8 +120,8 @@ def prepare_folder(args, folder: SampleFolder, decoder: CollaborativeDecoder, fi
         log.info(f"removed {len(stale)} temporary files an interrupted run left: "
                  f"{', '.join(p.name for p in stale[:5])}{' ...' if len(stale) > 5 else ''}")
     checkpoints = checkpoint_identity(list(files), list(files.values()), folder.root / ".checkpoint_sha256.json")
-    folder.check_settings(settings(args, decoder, checkpoints, sampling, dtype))
-    folder.done(remove_damaged=True)
+    done = folder.done(remove_damaged=True)
+    folder.check_settings(settings(args, decoder, checkpoints, sampling, dtype), binding=bool(done))
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
@@ -140,7 +140,8 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     if dist.is_main:
         prepare_folder(args, folder, decoder, files, sampling, dtype)
     barrier()
-    todo = [k for k in rank_keys(keys, dist.rank, dist.world_size) if k not in folder.done()]
+    done = folder.done()
+    todo = [k for k in rank_keys(keys, dist.rank, dist.world_size) if k not in done]
     fast = None if args.eager else build_fast_path(decoder, device, dtype, args.decode_chunk)
     log.info(f"{len(keys)} images in all; rank 0 of {dist.world_size} has {len(todo)} still to generate")
     start = time.perf_counter()

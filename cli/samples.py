@@ -129,10 +129,11 @@ class SampleFolder:
                              f"{self.root}; restore it, or delete it if you know they were made with this very "
                              "command (or use another --output_path)") from None
 
-    def check_settings(self, settings: dict) -> None:
-        """Record the settings in run.json, or check that a resumed run uses the same ones."""
+    def check_settings(self, settings: dict, binding: bool = True) -> None:
+        """Record the settings in run.json, or check that a resumed run uses the same ones. Not `binding` (no
+        finished image yet): a rerun with corrected flags replaces them."""
         settings = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
-        old = self.read_settings()
+        old = self.read_settings() if binding else None  # nothing made with the old ones: replace them
         if old is None:
             text = json.dumps(settings, indent=1, sort_keys=True)
             atomic_write(self.run_json, lambda f: f.write(text.encode()))
@@ -151,8 +152,7 @@ class SampleFolder:
         found: dict[ImageKey, tuple[Path, int]] = {}
         for path in sorted(self.shards.glob("*.npz")) if self.shards.is_dir() else []:
             try:
-                with np.load(path) as z:
-                    keys, n = z["keys"], z["pixels"].shape[0]
+                keys, n = shard_keys(path)
                 if keys.ndim != 2 or keys.shape != (n, 2):
                     raise ValueError(f"keys {keys.shape} for {n} images")
             except Exception as e:  # zip, npy or shape errors: a damaged file
@@ -221,6 +221,17 @@ class SampleFolder:
         return out, shape
 
 
+def shard_keys(path: Path) -> tuple[np.ndarray, int]:
+    """A shard's keys and its image count, read from its pixels' .npy header (the pixels themselves stay on disk)."""
+    with np.load(path) as z:
+        keys = z["keys"]
+    with zipfile.ZipFile(path) as zf, zf.open("pixels.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = header(f)
+    return keys, shape[0]
+
+
 def load_pixels(path: Path) -> np.ndarray:
     with np.load(path) as z:
         return z["pixels"]
@@ -244,7 +255,7 @@ def describe_change(key: str, old, new) -> str:
 
 def checkpoint_identity(roles: Sequence[str], paths: Sequence[Path], cache: Path) -> list[dict]:
     """[{role, file, sha256}] of the checkpoints: what identifies the weights behind the images. Hashes are
-    cached in `cache` by (resolved path, size, mtime), so a rerun does not read 8 GB again."""
+    cached in `cache` by (resolved path, size, mtime, inode, ctime), so a rerun does not read 8 GB again."""
     try:
         known = json.loads(cache.read_text()) if cache.is_file() else {}
     except (ValueError, OSError):
@@ -253,12 +264,12 @@ def checkpoint_identity(roles: Sequence[str], paths: Sequence[Path], cache: Path
     for role, path in zip(roles, paths):
         real = Path(path).resolve()
         stat = real.stat()
-        stamp = [stat.st_size, stat.st_mtime_ns]
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
         entry = known.get(str(real))
-        if not (isinstance(entry, list) and entry[:2] == stamp):
+        if not (isinstance(entry, list) and entry[:-1] == stamp):
             log.info(f"hashing {real} ({stat.st_size / 2**30:.2f} GB) to record which weights made the images")
             entry = known[str(real)] = [*stamp, sha256_file(real)]
-        out.append({"role": role, "file": real.name, "sha256": entry[2]})
+        out.append({"role": role, "file": real.name, "sha256": entry[-1]})
     text = json.dumps(known, indent=1, sort_keys=True)
     atomic_write(cache, lambda f: f.write(text.encode()))
     return out

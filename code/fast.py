@@ -177,6 +177,8 @@ class FastSteps:
             try:
                 step = self._build(model, k, bg, draw, keep_logits, cond_BD, inputs, noise)
                 out = step(cond_BD, inputs)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not a compilation problem: the eager path would need the memory too
             except Exception as e:
                 raise failure(what, e) from e
             self._steps[key] = step
@@ -256,6 +258,8 @@ class FastVAEDecoder(nn.Module):
             return self._images(f)
         try:
             out = self._images(f)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except Exception as e:
             raise failure(f"the VQVAE decoder for {f.shape[0]} images", e) from e
         self._ran.add(tuple(f.shape))

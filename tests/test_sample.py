@@ -373,3 +373,25 @@ def test_pipeline_benchmark_runs(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith("| published") or line.startswith("| ours")]
     assert len(rows) == 6 and (tmp_path / "t.md").read_text() == report
     assert all(row.split(" | ")[5].endswith("x") for row in rows) and not list(tmp_path.glob("tmp*"))
+
+
+def test_settings_of_a_folder_without_images_can_be_corrected(reference, small_ckpts, tmp_path):
+    """A run stopped before its first batch (a wrong flag, a kill) binds nothing: the corrected command runs."""
+    folder = SampleFolder(tmp_path)
+    folder.prepare()
+    folder.check_settings({"top_k": 6}, binding=False)
+    assert sample(small_argv(small_ckpts, tmp_path)).read_bytes() == reference[1]
+    assert '"top_k": 600' in (tmp_path / "run.json").read_text()
+
+
+def test_a_resume_reads_the_shards_once_and_not_their_pixels(reference, small_ckpts, tmp_path, monkeypatch):
+    import cli.samples
+    shutil.copytree(reference[0], tmp_path / "out")
+    (tmp_path / "out" / "samples_12x8x8x3.npz").unlink()
+    calls, loads = [], []
+    real_done, real_load = cli.samples.SampleFolder.done, cli.samples.load_pixels
+    monkeypatch.setattr(cli.samples.SampleFolder, "done", lambda self, **kw: calls.append(1) or real_done(self, **kw))
+    monkeypatch.setattr(cli.samples, "load_pixels", lambda p: loads.append(p) or real_load(p))
+    assert sample(small_argv(small_ckpts, tmp_path / "out")).read_bytes() == reference[1]
+    assert len(calls) == 3  # rank 0 before the barrier, every rank after it, rank 0 at assembly
+    assert len(loads) == len(list((tmp_path / "out" / "shards").iterdir()))  # pixels read once, to assemble

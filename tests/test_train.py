@@ -313,7 +313,7 @@ def test_an_unreadable_training_image_stops_the_run_with_its_name(assets, tmp_pa
     argv = args_for(assets, tmp_path / "out", "--max_steps", "3", "--num_workers", workers, data=data)
     assert run(train_drafter, argv) == 2
     err = capsys.readouterr().err
-    assert f"error: {bad} cannot be read as an image" in err and "remove or replace it" in err
+    assert f"error: {bad} cannot be read as an image" in err and "replace it with a readable image" in err
     assert "Traceback" not in err and err.count("error: ") == 1
 
 
@@ -350,3 +350,32 @@ def test_temporary_files_of_a_killed_run_are_removed_and_the_log_does_not_repeat
     assert "resuming at step 2: dropped 3 lines" in err
     assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3, 4] and 9.0 not in [r["loss"] for r in
                                                                                    log_records(tmp_path)]
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_checkpoint_or_log(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "3", "--stop_at", "2")) == 0
+    before = (tmp_path / "ckpt_last.pth").read_bytes(), (tmp_path / "log.jsonl").read_text()
+    assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "3")) == 2
+    assert f"{tmp_path} holds the checkpoint of another run" in capsys.readouterr().err
+    assert ((tmp_path / "ckpt_last.pth").read_bytes(), (tmp_path / "log.jsonl").read_text()) == before
+
+
+def test_a_resume_on_another_data_folder_is_refused(assets, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    argv = args_for(assets, tmp_path / "out", "--max_steps", "3", "--batch_size", "1", "--grad_accum", "2", data=data)
+    assert run(train_drafter, argv + ["--stop_at", "1"]) == 0
+    (data / "train" / "n001" / "img2.JPEG").unlink()  # every later step would see other images
+    assert run(train_drafter, argv + ["--resume", "auto"]) == 2
+    assert "images: checkpoint 12 vs now 11" in capsys.readouterr().err
+
+
+def test_unusable_output_folder_and_non_finite_flags(assets, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert run(train_drafter, args_for(assets, tmp_path / "file" / "out")) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    for flag, value in (("--epochs", "inf"), ("--wd", "nan"), ("--lr", "inf"), ("--clip", "nan")):
+        with pytest.raises(SystemExit) as e:
+            train_drafter.parse_args(args_for(assets, tmp_path, flag, value))
+        assert e.value.code == 2 and f"{flag} must be a finite number" in capsys.readouterr().err

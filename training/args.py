@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ EPILOG = """conventions:
   checkpoints     OUTPUT_DIR/ckpt_last.pth every --save_every steps and at the end (continue with --resume,
                   or rerun the same command with --resume auto), then the exported weights.
   data            DATA_PATH/train/<class>/<image> (classes sorted by folder name). An image that cannot be
-                  read stops the run with exit status 2 and its path; remove or replace it and rerun.
+                  read stops the run with exit status 2 and its path; replace it with a readable image and
+                  rerun with --resume auto (deleting it would change the data order: a resume refuses that).
   exit status     0 done; 1 the loss became NaN/inf (the last good checkpoint is kept); 2 unusable data,
                   checkpoints or flags.
   multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard)."""
@@ -105,6 +107,9 @@ def training_parser(description: str, d: Defaults) -> argparse.ArgumentParser:
 
 
 def check_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    for name in ("epochs", "lr", "wd", "warmup_ratio", "min_lr_ratio", "clip"):
+        if not math.isfinite(getattr(args, name)):
+            p.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     for name in ("warmup_ratio", "min_lr_ratio"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")

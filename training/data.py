@@ -74,9 +74,9 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         try:
             x = self.transform(self.loader(path), rng)
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
-            raise DataError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): remove or replace it, "
-                            "then rerun the same command (with --resume auto it continues from the last "
-                            "checkpoint)") from None
+            raise DataError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): replace it with a "
+                            "readable image (removing it changes the data order, which a resumed run refuses), then "
+                            "rerun the same command with --resume auto") from None
         drop = self.transform.train and bool(rng.random() < self.cond_drop)
         return x, label, drop
 

@@ -54,7 +54,8 @@ class MetricLog:
         if info.is_main and self.path.is_file():
             dropped = trim_log(self.path, start_step)
             if dropped:
-                log.info("resuming at step %d: dropped %d lines of %s written after it", start_step, dropped, self.path)
+                log.info("%s at step %d: dropped %d lines of %s that an interrupted run wrote after it",
+                         "resuming" if start_step else "starting", start_step, dropped, self.path)
 
     def add(self, metrics: dict[str, float], tokens: int) -> None:
         for k, v in metrics.items():

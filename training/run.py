@@ -51,17 +51,20 @@ MakeJob = Callable[[RunConfig, DistInfo, "dict | None"], Job]  # (config, dist, 
 def run(config: RunConfig, make_job: MakeJob) -> int:
     """0 on success, 1 if the loss became non-finite, 2 for unusable data, checkpoints or flags."""
     info = init_distributed(config.device)
-    setup_logging(info, config.output_dir)
     try:
+        setup_logging(info, config.output_dir)
         train(config, make_job, info)
         return 0
     except NonFiniteLoss as e:
         log.error("error: %s. Stopping without saving; the last good checkpoint (if any) is %s", e,
                   config.output_dir / CKPT_NAME)
         return 1
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError) as e:
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, NotADirectoryError) as e:
         log.error("error: %s", worker_message(e))
         return 2
+    except OSError as e:  # a write that failed: full disk, permissions
+        log.error("error: %s (the last checkpoint written, if any, is %s)", e, config.output_dir / CKPT_NAME)
+        return 1
     finally:
         cleanup()
 
@@ -77,11 +80,15 @@ def worker_message(e: Exception) -> str:
 
 
 def read_resume(config: RunConfig) -> tuple[dict | None, Path | None]:
+    """The checkpoint to continue from, if any. A fresh run does not overwrite another run's checkpoint."""
+    last = config.output_dir / CKPT_NAME
     if config.resume == "auto":
-        path = config.output_dir / CKPT_NAME
-        return (load_checkpoint(path), path) if path.is_file() else (None, None)
+        return (load_checkpoint(last), last) if last.is_file() else (None, None)
     if config.resume:
         return load_checkpoint(config.resume), Path(config.resume)
+    if last.is_file():
+        raise ConfigError(f"{config.output_dir} holds the checkpoint of another run ({last}): continue it with "
+                          "--resume auto, or start this one in another --output_dir")
     return None, None
 
 
@@ -153,7 +160,8 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
     except DataError as e:
         raise DataError(f"{data.root}: {e}") from None
     total = config.max_steps or max(1, round(config.epochs * sampler.steps_per_epoch))
-    recipe = {**config.recipe(), **job.recipe, "role": job.name, "global_batch": global_batch, "total_steps": total}
+    recipe = {**config.recipe(), **job.recipe, "role": job.name, "global_batch": global_batch, "total_steps": total,
+              "images": len(data), "classes": len(data.classes)}  # another data folder would change the order
     if ckpt:
         restore(job, ckpt, ckpt_path, recipe)
         log.info("resuming from %s at step %d (epoch %d)", ckpt_path, start, ckpt["epoch"])
