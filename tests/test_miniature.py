@@ -183,6 +183,7 @@ def test_shipped_classifier_knows_the_real_images(shipped, shapes_data):
 
 
 def test_demo_draws_a_grid_offline(tmp_path, capsys):
+    assert demo.parse_args([]).output.startswith("outputs/")  # git ignores it; the repository root stays clean
     out = tmp_path / "grid.png"
     acc = demo.main(demo.parse_args(["--output", str(out), "--per_class", "2", "--upscale", "2"]))
     assert read_png(out).shape == (2 * (2 * 17 + 1), 2 * (10 * 17 + 1), 3) and acc >= 0.3
