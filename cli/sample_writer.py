@@ -24,7 +24,6 @@ class BatchWriter:
         self.error: BaseException | None = None
         self.busy_s = 0.0  # seconds spent writing, summed over the workers
         self.blocked_s = 0.0  # seconds submit() waited for a free slot (the caller's producer idled)
-        self.written = 0  # images
 
     def submit(self, batch: Batch) -> None:
         """Hand a batch over; blocks while max_pending batches are in the pool. Raises a worker's error."""
@@ -44,8 +43,6 @@ class BatchWriter:
         finally:
             with self._lock:
                 self.busy_s += time.perf_counter() - start
-        with self._lock:
-            self.written += len(batch.keys)
 
     def _done(self, future: Future) -> None:
         if future.exception() is not None:

@@ -78,6 +78,14 @@ def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> t
     return logits_BlV
 
 
+def filtered_probs(logits_BlV: torch.Tensor, top_k: int, top_p: float, temperature: float) -> torch.Tensor:
+    """The published order: top-k and top-p filter (in place), then the temperature, then the softmax."""
+    logits_BlV = filter_top_k_top_p_(logits_BlV, top_k, top_p)
+    if temperature != 1:
+        logits_BlV = logits_BlV / temperature
+    return logits_BlV.softmax(dim=-1)
+
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -91,10 +99,7 @@ def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, temperatur
     if greedy:
         return logits_BlV.argmax(dim=-1)
     B, l, V = logits_BlV.shape
-    logits_BlV = filter_top_k_top_p_(logits_BlV, top_k, top_p)
-    if temperature != 1:
-        logits_BlV = logits_BlV / temperature
-    probs = logits_BlV.softmax(dim=-1)
+    probs = filtered_probs(logits_BlV, top_k, top_p, temperature)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs.view(-1, V), num_samples=1, replacement=True, generator=generator).view(B, l)
     if len(generator) != B:
@@ -119,13 +124,10 @@ def draw_from_noise(logits_2BlV: torch.Tensor, t: float, top_k: int, top_p: floa
                     greedy: bool, noise_BlV: torch.Tensor | None) -> torch.Tensor:
     """The published sampler on CFG-doubled logits -> (B, l) ids, drawing with given Exp(1) noise.
 
-    Same filter as sample_tokens; its torch.multinomial(probs, 1) computes argmax(probs / q) with
+    The same filtered_probs as sample_tokens; its torch.multinomial(probs, 1) computes argmax(probs / q) with
     q = empty_like(probs).exponential_(generator), so noise drawn by fill_noise_ gives the same tokens.
     """
     logits = cfg_mix(logits_2BlV, t)
     if greedy:
         return logits.argmax(dim=-1)
-    logits = filter_top_k_top_p_(logits, top_k, top_p)
-    if temperature != 1:
-        logits = logits / temperature
-    return logits.softmax(dim=-1).div_(noise_BlV).argmax(dim=-1)
+    return filtered_probs(logits, top_k, top_p, temperature).div_(noise_BlV).argmax(dim=-1)
