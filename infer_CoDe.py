@@ -64,12 +64,12 @@ def main(args: argparse.Namespace):
     labels = demo_labels(args, decoder.num_classes, device)
     edit = load_edit(args, decoder, labels.shape[0]) if args.image is not None else None
     with autocast(device, dtype):
-        fast = FastPath(decoder) if args.fast else None
+        fast = FastPath(decoder, check=args.fast_check) if args.fast else None
         images, timing = timed_generation(
             device, labels.shape[0],
             lambda: decoder.state(labels, seed=args.seed, sampling=sampling, edit=edit, fast=fast or False),
             lambda state: decoder.decode(state.f_hat, fast))
-    save_and_report(args, files, images, timing, device, dtype)
+    save_and_report(args, files, images, timing, device, dtype, fast)
     return images, timing
 
 

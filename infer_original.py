@@ -21,7 +21,7 @@ from code import FastPath
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_var_args(parser)
-    add_sampling_args(parser, cfg=1.5, top_k=900, top_p=0.96, temperature="1.0", seed=42)
+    add_sampling_args(parser, cfg=4.0, top_k=900, top_p=0.95, temperature="1.0", seed=42)  # the published demo
     add_demo_args(parser, output="output_original.png")
     return flatten_labels(parser.parse_args(argv))
 
@@ -33,12 +33,12 @@ def main(args: argparse.Namespace):
     sampling = sampling_config(args, decoder.num_scales, default_temperature=1.0)
     labels = demo_labels(args, decoder.num_classes, device)
     with autocast(device, dtype):
-        fast = FastPath(decoder) if args.fast else None
+        fast = FastPath(decoder, check=args.fast_check) if args.fast else None
         images, timing = timed_generation(
             device, labels.shape[0],
             lambda: decoder.state(labels, seed=args.seed, sampling=sampling, fast=fast or False),
             lambda state: decoder.decode(state.f_hat, fast))
-    save_and_report(args, files, images, timing, device, dtype)
+    save_and_report(args, files, images, timing, device, dtype, fast)
     return images, timing
 
 

@@ -39,8 +39,8 @@ import torch
 from tqdm import tqdm
 
 from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
-                      exit_on_error, int_list, positive_int, resolve_device, resolve_dtype, sampling_config,
-                      setup_logging, writable_dir)
+                      exit_on_error, int_list, positive_int, published_numerics, resolve_device, resolve_dtype,
+                      sampling_config, setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
 from cli.sample_writer import BatchWriter
 from cli.samples import (SEED_STRIDE, Batch, ImageKey, SampleFolder, checkpoint_identity, image_seed, plan,
@@ -74,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="threads writing PNGs and shards while the next batch is generated (default: the CPU "
                         "cores, at most 8)")
     g.add_argument("--eager", action="store_true",
-                   help="run the reference eager path instead of the fast one (compiled passes replayed from CUDA "
-                        "graphs, bf16 weights and decoder on CUDA; uncompiled and identical to eager on the CPU)")
+                   help="run the reference eager path instead of the fast one (linear weights and VQVAE decoder in "
+                        "--dtype, compiled passes replayed from CUDA graphs on CUDA; uncompiled and identical to "
+                        "eager on the CPU)")
+    g.add_argument("--no_fast_check", dest="fast_check", action="store_false",
+                   help="skip the fast path's check against the eager path (default: on the first batch of every "
+                        "new shape and every 200 batches, before the batch is written; recorded in run.json)")
     add_device_args(parser)
     return parser.parse_args(argv)
 
@@ -98,11 +102,11 @@ def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling
     return Batch(keys, tokens.cpu().numpy(), pixels.cpu().numpy())
 
 
-def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype,
-                    decode_chunk: int) -> FastPath:
+def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype, decode_chunk: int,
+                    check: bool) -> FastPath:
     """Built inside the run's autocast, so that its decoder copy takes the dtype generation computes in."""
     with autocast(device, dtype):
-        return FastPath(decoder, decode_chunk=decode_chunk)
+        return FastPath(decoder, decode_chunk=decode_chunk, check=check)
 
 
 def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, checkpoints: list[dict],
@@ -110,7 +114,7 @@ def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, checkpoint
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
                 temperature=sampling.temperature, stops=decoder.stops, checkpoints=checkpoints, dtype=str(dtype),
-                fast=not args.eager, rounding=args.rounding)
+                fast=not args.eager, rounding=args.rounding, tf32=args.tf32_on)
 
 
 def prepare_folder(args, folder: SampleFolder, decoder: CollaborativeDecoder, files: dict[str, Path],
@@ -128,6 +132,7 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     if args.seed >= SEED_STRIDE:
         raise UsageError(f"--seed must be below 2**32 (each seed owns 2**32 image streams), got {args.seed}")
     dtype = resolve_dtype(args.dtype, device)
+    args.tf32_on = published_numerics(device, args.tf32)
     folder = SampleFolder(args.output_path)
     if dist.is_main:
         writable_dir(folder.root)
@@ -142,14 +147,22 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     barrier()
     done = folder.done()
     todo = [k for k in rank_keys(keys, dist.rank, dist.world_size) if k not in done]
-    fast = None if args.eager else build_fast_path(decoder, device, dtype, args.decode_chunk)
+    fast = None if args.eager else build_fast_path(decoder, device, dtype, args.decode_chunk, args.fast_check)
+    if dist.is_main and (args.eager or not args.fast_check):
+        folder.record_fast_check([{"skipped": "--eager" if args.eager else "--no_fast_check"}])
     log.info(f"{len(keys)} images in all; rank 0 of {dist.world_size} has {len(todo)} still to generate")
     start = time.perf_counter()
     with BatchWriter(folder, args.png, args.workers) as writer, \
             tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc="sampling") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            writer.submit(generate_batch(decoder, batch, sampling, args, device, dtype, fast))
+            checks = len(fast.reports) if fast is not None else 0
+            try:
+                done = generate_batch(decoder, batch, sampling, args, device, dtype, fast)  # checked, if due
+            finally:  # a failed check is recorded too, and nothing of its batch is written
+                if dist.is_main and fast is not None and len(fast.reports) > checks:
+                    folder.record_fast_check([r.as_dict() for r in fast.reports[checks:]])
+            writer.submit(done)
             bar.update(len(batch))
     barrier()
     if not dist.is_main:

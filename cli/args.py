@@ -114,8 +114,22 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device")
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="compute precision: fp32 weights, generation under torch.autocast with this dtype as "
-                        "published (default fp16 on CUDA, fp32 on CPU; fp32 turns autocast off)")
+                   help="compute precision: generation under torch.autocast with this dtype, as published (default "
+                        "fp16 on CUDA, as the published scripts; fp32 on CPU, which turns autocast off). The eager "
+                        "path keeps fp32 weights; the fast path loads the linear weights in this dtype")
+    g.add_argument("--no_tf32", dest="tf32", action="store_false",
+                   help="keep CUDA's float32 matmuls and convolutions in full float32 (default: TF32, as the "
+                        "published scripts set it; it affects what runs in float32, e.g. the VQVAE outside autocast)")
+
+
+def published_numerics(device: torch.device, tf32: bool) -> bool:
+    """TF32 for CUDA's float32 matmuls and convolutions, as the published scripts set it; whether it is on. A
+    process-wide setting: scripts call it once, before anything runs."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    return tf32
 
 
 def code_temperature(num_scales: int) -> list[float]:

@@ -29,6 +29,7 @@ from utils.files import atomic_write, remove_temp_files, sha256_file
 from .args import UsageError
 
 log = logging.getLogger(__name__)
+FAST_CHECK = "fast_check"  # run.json's record of the fast path's checks: not a setting
 SEED_STRIDE = 2**32  # --seed s uses streams s * 2**32 + index: seeds never share a stream
 PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -145,6 +146,14 @@ class SampleFolder:
             raise UsageError(f"{self.root} holds images made with other settings ({diff}). Use another "
                              "--output_path, or the same settings to resume")
 
+    def record_fast_check(self, entries: list[dict]) -> None:
+        """Append to run.json's list of the fast path's checks (kept across resumed runs)."""
+        settings = self.read_settings() or {}
+        old = settings.get(FAST_CHECK)
+        settings[FAST_CHECK] = (old if isinstance(old, list) else []) + entries
+        text = json.dumps(settings, indent=1, sort_keys=True)
+        atomic_write(self.run_json, lambda f: f.write(text.encode()))
+
     # ---- what is done -------------------------------------------------------------------------------------
     def done(self, remove_damaged: bool = False) -> dict[ImageKey, tuple[Path, int]]:
         """key -> (shard, row) of every finished image. A shard that cannot be read is reported and, with
@@ -238,7 +247,10 @@ def load_pixels(path: Path) -> np.ndarray:
 
 
 def comparable(key: str, value):
-    """What must match on resume: the weights behind the checkpoints (their hashes), not the files' names."""
+    """What must match on resume: the weights behind the checkpoints (their hashes), not the files' names; not
+    the record of the fast path's checks (FAST_CHECK)."""
+    if key == FAST_CHECK:
+        return None
     if key == "checkpoints" and isinstance(value, list):
         return [(c.get("role"), c.get("sha256")) if isinstance(c, dict) else c for c in value]
     return value

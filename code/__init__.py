@@ -40,6 +40,7 @@ _EXPORTS = {
     **dict.fromkeys(["CollaborativeDecoder", "collaborative_generate", "var_generate", "chain_stops",
                      "check_compatible"], "decoder"),
     **dict.fromkeys(["FastPath", "FastPathError"], "fast"),
+    **dict.fromkeys(["FastPathMismatch", "CheckReport", "check_fast_path"], "fast_check"),
     **dict.fromkeys(["DecodeState", "TokenEdit", "run_scales"], "loop"),
     "SamplingConfig": "sampling",
     **dict.fromkeys(["inpaint", "make_edit", "expand_edit", "token_masks", "box_mask"], "editing"),

@@ -15,7 +15,8 @@ import torch
 from models import VAR, VQVAE
 
 from .fast import FastPath
-from .loop import DecodeState, TokenEdit, make_generator, precision, resolve_labels, run_scales
+from .fast_check import after_generation
+from .loop import DecodeState, TokenEdit, make_generator, resolve_labels, run_chain
 from .sampling import Generators, SamplingConfig
 
 
@@ -111,9 +112,9 @@ class CollaborativeDecoder:
         labels = resolve_labels(labels, batch_size, self.num_classes, device, generator)
         state = DecodeState(labels, self.vae.quantize.zeros_fhat(labels.shape[0]),
                             logits=[] if keep_logits else None, edit=edit)
-        with precision(self.models, device):
-            for model, stop in zip(self.models, self.stops):
-                run_scales(model, self.vae, state, stop, sampling, generator, path.steps if path else None)
+        run_chain(self.vae, self.models, self.stops, state, sampling, generator, path.steps if path else None)
+        if path is not None:
+            after_generation(self, path, state, sampling)
         return state
 
     @torch.no_grad()

@@ -91,6 +91,7 @@ class StaticStep:
         self.cond = cond_BD.clone()
         self.inputs = None if inputs is None else inputs.clone()
         self.graph = self.out = None
+        self.checked = False  # passed code.fast_check's comparison with the eager path
         if pool is not None:
             self._capture(pool)
 
@@ -110,7 +111,8 @@ class StaticStep:
         with torch.cuda.graph(self.graph, pool=pool):  # one pool for all steps: they never run concurrently
             self.out = self._run()
 
-    def __call__(self, cond_BD: torch.Tensor, inputs: torch.Tensor | None):
+    def __call__(self, cond_BD: torch.Tensor, inputs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids, raw logits); the logits may be a static buffer that the next pass overwrites."""
         self.cond.copy_(cond_BD)
         if self.inputs is not None:
             self.inputs.copy_(inputs)
@@ -118,7 +120,7 @@ class StaticStep:
             return self._run()
         self.graph.replay()
         idx, logits = self.out  # the graph's own buffers: the next replay overwrites them
-        return idx.clone(), None if logits is None else logits.clone()
+        return idx.clone(), logits
 
 
 class FastSteps:
@@ -139,7 +141,8 @@ class FastSteps:
 
     def reset(self) -> None:
         """Free the arena, noise buffer and captured steps."""
-        self.arena = self.noise = self._for = None  # _for: (batch, dtype, device) the buffers serve
+        self.arena = self.noise = self.logits = self.last_noise = None
+        self._for = None  # (batch, dtype, device) the buffers serve
         self._caches: dict[tuple, list[KVCache]] = {}
         self._steps: dict[tuple, StaticStep] = {}
         self._pool = None
@@ -168,21 +171,24 @@ class FastSteps:
         noise = None
         if not sampling.greedy:
             noise = fill_noise_(self._noise(cond_BD.shape[0] // 2, c.patch_nums[k] ** 2, c.vocab_size), generator)
-        key = (id(model), model.cache_length, k, bg, draw, keep_logits)
+        self.last_noise = noise
+        key = (id(model), model.cache_length, k, bg, draw)
         with compile_settings(self.compile):
             step = self._steps.get(key)
-            if step is not None:
-                return step(cond_BD, inputs)
-            what = f"the pass of the depth-{c.depth} VAR at scale {k}{' (prefill)' if bg < c.offsets[k] else ''}"
-            try:
-                step = self._build(model, k, bg, draw, keep_logits, cond_BD, inputs, noise)
+            if step is None:
+                what = f"the pass of the depth-{c.depth} VAR at scale {k}{' (prefill)' if bg < c.offsets[k] else ''}"
+                try:
+                    step = self._build(model, k, bg, draw, cond_BD, inputs, noise)
+                    out = step(cond_BD, inputs)
+                except torch.cuda.OutOfMemoryError:
+                    raise  # not a compilation problem: the eager path would need the memory too
+                except Exception as e:
+                    raise failure(what, e) from e
+                self._steps[key] = step
+            else:
                 out = step(cond_BD, inputs)
-            except torch.cuda.OutOfMemoryError:
-                raise  # not a compilation problem: the eager path would need the memory too
-            except Exception as e:
-                raise failure(what, e) from e
-            self._steps[key] = step
-            return out
+        idx, logits = out
+        return idx, logits.clone() if keep_logits else None
 
     # ---- buffers --------------------------------------------------------------------------------------
     def _allocate(self, batch: int, dtype: torch.dtype, device: torch.device, at_least: int) -> None:
@@ -199,6 +205,17 @@ class FastSteps:
         n = batch * length * c.width
         kv = self.arena[: 2 * c.depth * n].view(c.depth, 2, *shape)
         return [KVCache.over(kv[i, 0], kv[i, 1]) for i in range(c.depth)]
+
+    def _logits(self, B2: int, l: int, V: int) -> torch.Tensor | None:
+        """With CUDA graphs: a (2B, l, V) view of one float32 buffer sized for the largest scale of the chain, where
+        every graph leaves its logits (graphs keep their outputs; one shared buffer bounds what that costs)."""
+        if not self.cuda_graphs:
+            return None
+        if self.logits is None:
+            most = max(m.config.patch_nums[b - 1] ** 2 * m.config.vocab_size for m, _, b in self.roles)
+            dtype = torch.promote_types(self.arena.dtype, torch.float32)  # as VAR.logits computes them
+            self.logits = torch.empty(B2 * most, dtype=dtype, device=self.arena.device)
+        return self.logits[: B2 * l * V].view(B2, l, V)
 
     def _noise(self, B: int, l: int, V: int) -> torch.Tensor:
         """A (B, l, V) float32 view of one buffer sized for the largest scale of the chain."""
@@ -219,13 +236,17 @@ class FastSteps:
                 [self._compile(b) for b in model.blocks], self._compile(model.logits))
         return self._parts[id(model)]
 
-    def _build(self, model: VAR, k: int, bg: int, draw: tuple, keep_logits: bool, cond_BD, inputs, noise) -> StaticStep:
+    def _build(self, model: VAR, k: int, bg: int, draw: tuple, cond_BD, inputs, noise) -> StaticStep:
         blocks, head = self._compiled(model)
         sampler = self._sampler
+        out = self._logits(cond_BD.shape[0], model.config.patch_nums[k] ** 2, model.config.vocab_size)
 
         def step(cond_BD, inputs, noise):
             logits = scale_logits(model, cond_BD, inputs, k, bg, blocks, head)
-            return sampler(logits, *draw, noise), (logits if keep_logits else None)
+            idx = sampler(logits, *draw, noise)
+            if out is None:
+                return idx, logits
+            return idx, out.copy_(logits)  # one static buffer for every pass's logits: the run-time check reads it
 
         return StaticStep(step, cond_BD, inputs, noise, self._pool)
 
@@ -281,11 +302,22 @@ class FastPath:
     dtype (default on CUDA: the dtype of an active autocast, else bf16; the VQVAE's elsewhere). decode_chunk:
     images per decoder call. compile_options: extra torch.compile arguments (e.g. {"mode":
     "max-autotune-no-cudagraphs"}, or {"backend": "aot_eager"} to check tracing without code generation).
+    check: compare the path with the eager path (code.fast_check) on the first batch that runs a new step (a new
+    batch size or sampling setting) and every `recheck_every` batches (0: never again), on `check_rows` images;
+    a difference beyond the precision's bound raises FastPathMismatch before the batch is returned. Costs one
+    teacher-forced fast pass and an eager pass of `check_rows` images per check; the results are in `reports`.
     """
 
     def __init__(self, decoder, *, compile: bool | None = None, cuda_graphs: bool | None = None,
-                 decoder_dtype=AUTO, decode_chunk: int = 16, compile_options: dict | None = None):
+                 decoder_dtype=AUTO, decode_chunk: int = 16, compile_options: dict | None = None,
+                 check: bool = True, recheck_every: int = 200, check_rows: int = 8):
+        if recheck_every < 0 or check_rows < 1:
+            raise ValueError(f"recheck_every must be >= 0 (0: only new steps) and check_rows >= 1, got "
+                             f"{recheck_every} and {check_rows}")
         self.vae, self.models, self.stops = decoder.vae, list(decoder.models), list(decoder.stops)
+        self.check, self.recheck_every, self.check_rows = check, recheck_every, check_rows
+        self.reports: list = []  # code.fast_check.CheckReport of every check, in order
+        self.batches_since_check = 0
         self.device = decoder.device
         cuda = self.device.type == "cuda"
         compile = cuda if compile is None else compile

@@ -146,6 +146,15 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     return state
 
 
+def run_chain(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], state: DecodeState, sampling: SamplingConfig,
+              generator: Generators = None, steps=None) -> DecodeState:
+    """Each model of a chain generates its scales (model i up to stops[i]), continuing the prefix in `state`."""
+    with precision(models, state.f_hat.device):
+        for model, stop in zip(models, stops):
+            run_scales(model, vae, state, stop, sampling, generator, steps)
+    return state
+
+
 def resolve_labels(labels, batch_size: int | None, num_classes: int, device, generator) -> torch.Tensor:
     """Labels as a (B,) int64 tensor; an int repeats, None draws uniformly (as published)."""
     if labels is None:

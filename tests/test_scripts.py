@@ -61,7 +61,7 @@ def test_infer_original_defaults_are_the_published_ones(hub, tmp_path):
     out = tmp_path / "grid.png"
     run(infer_original, ["--class_labels", "4", "--output", str(out), "--device", "cpu"])
     vae, (var,) = load_published(hub, "var_d30.pth")
-    expected = CollaborativeDecoder(vae, [var], [])([4], seed=42, cfg=1.5, top_k=900, top_p=0.96)
+    expected = CollaborativeDecoder(vae, [var], [])([4], seed=42, cfg=4.0, top_k=900, top_p=0.95)  # the published demo's
     assert np.array_equal(read_png(out), grid_of(expected))
 
 
@@ -71,7 +71,7 @@ def test_infer_original_from_explicit_paths(small_ckpts, tmp_path):
              "8", "--output", str(out), "--device", "cpu"]
     run(infer_original, flags)
     vae, drafter, _ = load_small(small_ckpts)
-    assert np.array_equal(read_png(out), grid_of(var_generate(drafter, vae, [8], seed=42, cfg=1.5, top_k=900, top_p=0.96)))
+    assert np.array_equal(read_png(out), grid_of(var_generate(drafter, vae, [8], seed=42, cfg=4.0, top_k=900, top_p=0.95)))
     with pytest.raises(UsageError, match="VAR: .* holds a depth-2 VAR but depth 16 was requested"):
         run(infer_original, flags + ["--model_depth", "16"])
 
