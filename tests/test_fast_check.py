@@ -198,3 +198,31 @@ def test_infer_reports_the_check(small_ckpts, tmp_path, capsys):
         capsys.readouterr().out
     infer_CoDe.main(infer_CoDe.parse_args(flags + ["--no_fast_check"]))
     assert "checked" not in capsys.readouterr().out
+
+
+def test_gpu_acceptance_script_runs_tiny_on_the_cpu(capsys, monkeypatch):
+    from benchmarks import gpu_check
+    argv = ["--tiny", "--device", "cpu", "--batch_size", "2", "--repeats", "1", "--cases", "code-8"]
+    assert gpu_check.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "code-8: 2 checks passed; logits within 0 (bound 0.0001" in out
+    assert "| code-8 |" in out and "| 0.633 |" in out and "| 0.22 |" in out
+    stale_inputs(monkeypatch)
+    assert gpu_check.main(argv) == 1
+    assert "code-8: 1 checks FAILED" in capsys.readouterr().out
+
+
+def test_tf32_is_set_as_the_published_scripts_set_it():
+    from cli.args import published_numerics
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert published_numerics(torch.device("cpu"), True) is False  # the CPU is left alone
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert published_numerics(torch.device("cuda"), True) is True
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert published_numerics(torch.device("cuda"), False) is False
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
