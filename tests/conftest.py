@@ -6,7 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tiny models gain nothing from a second thread, and on a busy CPU its synchronisation costs seconds.
+# Set before torch is imported, so that the scripts the tests launch inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,3 +86,7 @@ def offline_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     return cache
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches interpreters or trains; run by CI, skip with -m 'not slow'")

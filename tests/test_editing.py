@@ -5,7 +5,6 @@ import torch
 from code import box_mask, inpaint, make_edit, token_masks, var_generate
 from conftest import tiny_var_like
 from utils.images import box_to_mask
-from tiny_checkpoints import one_thread  # noqa: F401 (fixture)
 
 
 def source_image(batch=1, seed=0):

@@ -18,7 +18,7 @@ from cli.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, Samp
 from code import collaborative_generate
 from conftest import ROOT
 from models import load_vae, load_var
-from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
+from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
 from utils.images import read_png, to_uint8
 
 CLASSES, PER_CLASS = "0-2,5", 3  # 12 images

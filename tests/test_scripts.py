@@ -15,7 +15,7 @@ from cli.args import UsageError, exit_on_error
 from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
 from models import load_vae, load_var
-from tiny_checkpoints import hub, load_published, one_thread, published_ckpts, small_ckpts  # noqa: F401
+from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
 from utils.images import read_png
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3

@@ -57,15 +57,6 @@ def load_published(files: dict[str, Path], *names: str):
     return load_vae(files[VAE_FILE], patch_nums=models[0].config.patch_nums), models
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy CPU its synchronisation costs seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def small_ckpts(tmp_path_factory) -> dict[str, Path]:
     return write_small(tmp_path_factory.mktemp("small_ckpts"))
