@@ -226,3 +226,10 @@ def test_tf32_is_set_as_the_published_scripts_set_it():
     finally:
         torch.set_float32_matmul_precision(before[0])
         torch.backends.cudnn.allow_tf32 = before[1]
+
+
+def test_check_cost_benchmark_runs_and_counts_the_checks_of_a_run():
+    from benchmarks.fast_check_cost import main
+    out = main(["--batch_size", "2", "--repeats", "1", "--images", "1001"])
+    # 501 batches of 2 (the last one a new shape): the first, the last, and re-checks after 200 and 400 batches
+    assert out["checks"] == 4 and out["check_s"] > 0 and 0 < out["share"] < 1
