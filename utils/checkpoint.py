@@ -1,13 +1,23 @@
-"""Safe checkpoint I/O: plain tensors only, clear errors naming the file, atomic writes."""
+"""Safe checkpoint I/O: plain tensors only, clear errors naming the file, atomic writes.
+
+Two formats are read, told apart by their first bytes, not their names: PyTorch's (`torch.load` with
+weights_only=True, memory-mapped) and safetensors (no pickle at all; the header's metadata, JSON-encoded by
+`save_safetensors`, comes back as the file's other entries).
+"""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from .files import atomic_write
+from .files import atomic_write, atomic_write_path
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header
 
 
 class CheckpointError(ValueError):
@@ -24,6 +34,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if is_safetensors(path):
+        return read_safetensors(path)
     obj, extras = load_weights_only(path), {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, extras = obj["model"], {k: v for k, v in obj.items() if k != "model"}
@@ -33,6 +45,49 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if bad:
         raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not tensors")
     return obj, extras
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and the header's '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and size <= SAFETENSORS_MAX_HEADER
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata): values written by save_safetensors are JSON, others (e.g. {'format': 'pt'}) kept as text."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            sd, metadata = f.get_tensors(), f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not sd:
+        raise CheckpointError(f"{path} holds no tensors")
+    return sd, {k: decode_metadata(v) for k, v in metadata.items()}
+
+
+def decode_metadata(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+                     ) -> Path:
+    """Tensors as safetensors, written atomically without a copy of the weights in memory (a tensor sharing memory
+    with another, which the format cannot hold, is copied). `metadata`: JSON-able values (e.g. {'config': ...}),
+    stored JSON-encoded in the header."""
+    tensors, seen = {}, set()
+    for k, v in state_dict.items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        tensors[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
+    text = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=text))
 
 
 def load_weights_only(path: Path):

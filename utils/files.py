@@ -42,6 +42,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """As atomic_write, for writers that take a file name rather than an open file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def remove_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     """Delete the temporary files a killed atomic_write left in `folder` (for target `name`); returns them."""
     stale = [p for p in Path(folder).glob(temp_name_glob(name)) if p.is_file()]

@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+from .hf_uri import is_hf_uri, resolve_hf_uri
+
 VAR_REPO = "FoundationVision/var"
 CODE_REPO = "Zigeng/VAR_CoDe"
 VAE_FILE = "vae_ch160v4096z32.pth"
@@ -29,8 +31,11 @@ def published_repo(filename: str) -> str | None:
 def resolve_checkpoint(source: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None) -> Path:
     """An existing path as is; else `ckpt_dir/source`; else a published file name through huggingface_hub.
 
-    With HF_HUB_OFFLINE=1 only the local cache is read. The error says what to download and where.
+    `hf://owner/repo[@revision]/file` names a file in any Hub repo. With HF_HUB_OFFLINE=1 only the local cache
+    is read. The error says what to download and where.
     """
+    if is_hf_uri(source):
+        return resolve_hf_uri(source)
     path = Path(source)
     if path.is_file():
         return path
