@@ -117,6 +117,16 @@ def test_any_hub_repo_file_loads_from_the_cache(small_ckpts, offline_hf_cache, t
         load_var("hf://someone/var-code-n7@v2/absent.pth")
 
 
+def test_a_revision_picks_that_snapshot(small_ckpts, offline_hf_cache):
+    fill_hf_cache(offline_hf_cache, "someone/pair", {"m.pth": small_ckpts["drafter"]})
+    repo = offline_hf_cache / "models--someone--pair"
+    (repo / "snapshots" / ("1" * 40)).mkdir()
+    (repo / "snapshots" / ("1" * 40) / "m.pth").write_bytes(small_ckpts["refiner"].read_bytes())
+    (repo / "refs" / "v1").write_text("1" * 40)
+    assert same_weights(load_var("hf://someone/pair/m.pth"), load_var(small_ckpts["drafter"]))
+    assert same_weights(load_var("hf://someone/pair@v1/m.pth"), load_var(small_ckpts["refiner"]))
+
+
 # ---- shared pairs ------------------------------------------------------------------------------------------------
 
 def share(ckpts, out, *extra):
@@ -190,4 +200,5 @@ def test_infer_with_pair_gives_the_explicit_checkpoints_grid(small_ckpts, offlin
     assert np.array_equal(read_png(tmp_path / "a.png"), read_png(tmp_path / "b.png"))
     assert np.array_equal(read_png(tmp_path / "a.png"), read_png(tmp_path / "c.png"))
     with pytest.raises(UsageError, match="--pair gives the drafter and the refiner: drop --drafter_ckpt"):
-        run(infer_CoDe, ["--pair", str(folder), "--drafter_ckpt", str(small_ckpts["drafter"]), *common])
+        run(infer_CoDe, ["--pair", str(folder), "--drafter_ckpt", str(small_ckpts["drafter"]), "--output",
+                         str(tmp_path / "d.png"), *common])
