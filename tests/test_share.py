@@ -7,6 +7,7 @@ import torch
 
 import convert_checkpoint
 import infer_CoDe
+import sample_CoDe
 import share_pair
 from cli.args import UsageError
 from conftest import fill_hf_cache
@@ -202,3 +203,14 @@ def test_infer_with_pair_gives_the_explicit_checkpoints_grid(small_ckpts, offlin
     with pytest.raises(UsageError, match="--pair gives the drafter and the refiner: drop --drafter_ckpt"):
         run(infer_CoDe, ["--pair", str(folder), "--drafter_ckpt", str(small_ckpts["drafter"]), "--output",
                          str(tmp_path / "d.png"), *common])
+
+
+def test_sample_with_pair_writes_the_explicit_checkpoints_images(small_ckpts, tmp_path):
+    folder = share(small_ckpts, tmp_path / "pair")
+    common = ["--classes", "1,3", "--per_class", "2", "--device", "cpu", "--decode_chunk", "1", "--workers", "1"]
+    explicit = sample_CoDe.main(sample_CoDe.parse_args(
+        ["--drafter_ckpt", str(small_ckpts["drafter"]), "--refiner_ckpt", str(small_ckpts["refiner"]), "--vae_ckpt",
+         str(small_ckpts["vae"]), "--draft_steps", "2", "--output_path", str(tmp_path / "a"), *common]))
+    shared = sample_CoDe.main(sample_CoDe.parse_args(["--pair", str(folder), "--output_path", str(tmp_path / "b"),
+                                                      *common]))
+    assert explicit.read_bytes() == shared.read_bytes()
