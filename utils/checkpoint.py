@@ -59,7 +59,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata): values written by save_safetensors are JSON, others (e.g. {'format': 'pt'}) kept as text."""
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
-            sd, metadata = f.get_tensors(), f.metadata() or {}
+            sd, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
