@@ -30,6 +30,7 @@ from .args import UsageError
 
 log = logging.getLogger(__name__)
 FAST_CHECK = "fast_check"  # run.json's record of the fast path's checks: not a setting
+CHECKSUMS = ".checkpoint_sha256.json"  # the checkpoints' hashes, cached by file identity
 # Image i of --seed s uses generator seed s * 2**16 + i: distinct for every (seed, index) and below 2**32, which
 # torch's CPU generator keeps (it drops higher bits; CUDA's keeps 64), so a seed means the same on both devices
 SEED_STRIDE = 2**16  # the most images per class, and the number of --seed values
@@ -118,7 +119,9 @@ class SampleFolder:
         """Create the folders; remove the temporary files an interrupted run left (returns them)."""
         for d in (self.root, self.shards, self.images):
             d.mkdir(parents=True, exist_ok=True)
-        return [p for d in (self.root, self.shards, self.images) for p in remove_temp_files(d)]
+        ours = [(self.root, n) for n in (self.run_json.name, CHECKSUMS, "samples_*.npz")]  # never a user's file
+        ours += [(self.shards, "*.npz"), (self.images, "*.png")]
+        return [p for d, name in ours for p in remove_temp_files(d, name)]
 
     def read_settings(self) -> dict | None:
         if not self.run_json.is_file():
