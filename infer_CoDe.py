@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
+
+import torch
 
 from cli.args import (UsageError, add_sampling_args, autocast, code_temperature, exit_on_error, sampling_config,
                       setup_logging)
@@ -26,7 +29,8 @@ from cli.timing import timed_generation
 from code import CollaborativeDecoder, FastPath, TokenEdit, expand_edit, make_edit
 from utils.images import box_to_mask, load_image, load_mask
 
-BOX = re.compile(r"\d+,\d+,\d+,\d+")
+INT = re.compile(r"[+-]?\d+")
+CHECK_SIZE = 16  # --image and --mask are checked at this size before the models (and their size) are known
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,22 +47,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return flatten_labels(args)
 
 
-def load_edit(args: argparse.Namespace, decoder: CollaborativeDecoder, batch: int) -> TokenEdit:
-    size = decoder.vae.config.image_size
+def parse_box(text: str) -> tuple[int, int, int, int] | None:
+    """'x0,y0,x1,y1' (spaces allowed) -> the box; None if `text` is an existing file or has no comma (a path)."""
+    if Path(text).exists() or "," not in text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(INT.fullmatch(p) for p in parts):
+        raise UsageError(f"--mask {text!r} is neither a mask file nor a box x0,y0,x1,y1 of four integer pixel "
+                         "coordinates (e.g. 64,64,192,192)")
+    return tuple(int(p) for p in parts)
+
+
+def edit_inputs(args: argparse.Namespace, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """--image and --mask at `size` x `size`; UsageErrors name the flag."""
     try:
         image, original = load_image(args.image, size)
-        if BOX.fullmatch(args.mask):
-            mask = box_to_mask(tuple(int(v) for v in args.mask.split(",")), original, size)
-        else:
-            mask = load_mask(args.mask, original, size)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--image {e}") from None
+    box = parse_box(args.mask)
+    try:
+        mask = box_to_mask(box, original, size) if box else load_mask(args.mask, original, size)
+    except ValueError as e:
+        raise UsageError(f"--mask {e}") from None
+    return image, mask
+
+
+def load_edit(args: argparse.Namespace, decoder: CollaborativeDecoder, batch: int) -> TokenEdit:
+    image, mask = edit_inputs(args, decoder.vae.config.image_size)
     return expand_edit(make_edit(decoder.vae, image, mask), batch)
 
 
 def main(args: argparse.Namespace):
     setup_logging()
     device, dtype, linear_dtype = prepare(args)
+    if args.image is not None:
+        edit_inputs(args, size=CHECK_SIZE)  # bad files or boxes are reported before the models load
     decoder, files = load_code(args, device, linear_dtype)  # the drafter, then the refiner, and the VQVAE
     sampling = sampling_config(args, decoder.num_scales, code_temperature(decoder.num_scales))
     labels = demo_labels(args, decoder.num_classes, device)

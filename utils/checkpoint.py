@@ -22,6 +22,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, the file's other entries): a plain dict of tensors, or {'model': state dict, 'config': ...}."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     obj, extras = load_weights_only(path), {}
@@ -32,7 +34,21 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not tensors")
+    check_finite(obj, path)
     return obj, extras
+
+
+def check_finite(state: dict[str, torch.Tensor], path) -> None:
+    """Weights with a NaN or an infinity only ever generate garbage (or fail deep in sampling): refuse them here."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights in {len(bad)} tensors ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): the file is damaged or its training diverged; "
+                              "use another checkpoint")
+
+
+def folder_message(path: Path) -> str:
+    return f"checkpoint {path} is a folder, not a file: give the file in it, or the folder as ckpt_dir / --ckpt_dir"
 
 
 def load_weights_only(path: Path):

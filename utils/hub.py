@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+from .checkpoint import CheckpointError, folder_message
+
 VAR_REPO = "FoundationVision/var"
 CODE_REPO = "Zigeng/VAR_CoDe"
 VAE_FILE = "vae_ch160v4096z32.pth"
@@ -34,6 +36,8 @@ def resolve_checkpoint(source: str | os.PathLike, ckpt_dir: str | os.PathLike | 
     path = Path(source)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise CheckpointError(folder_message(path))
     if ckpt_dir is not None and (Path(ckpt_dir) / path.name).is_file():
         return Path(ckpt_dir) / path.name
     repo = published_repo(path.name)
