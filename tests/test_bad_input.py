@@ -281,7 +281,8 @@ def test_out_of_memory_is_one_line_exit_1_not_blamed_on_the_fast_path(small_ckpt
     assert code == 1 and err.startswith("error: out of memory") and "--batch_size (now 7)" in err
     assert "fast path" not in err
     monkeypatch.setattr(torch.nn.Linear, "forward", cpu_out_of_memory)
-    code, err = exit_status(infer_CoDe, small_args(small_ckpts, "--output", str(tmp_path / "g.png")), capsys)
+    code, err = exit_status(infer_CoDe, small_args(small_ckpts, "--class_labels", "1", "--output",
+                                                   str(tmp_path / "g.png")), capsys)
     assert code == 1 and err.startswith("error: out of memory") and len(err.strip().splitlines()) == 1
 
 
