@@ -32,13 +32,17 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """Under torchrun every rank meets the same bad input: rank 0 alone prints it; a failed run is printed by each
+    rank it happened on (with its rank); every rank exits with the code."""
+    rank = os.environ.get("RANK", "0")
     try:
         main(args)
     except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if rank == "0":
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except (FastPathError, OSError) as e:  # a write that failed (full disk, permissions), a compile that failed
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {'' if rank == '0' else f'rank {rank}: '}{e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
 
 

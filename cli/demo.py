@@ -24,6 +24,8 @@ def add_demo_args(parser: argparse.ArgumentParser, output: str) -> None:
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="number of images, cycling through the labels (default: one per label)")
     g.add_argument("--output", default=output, help=f"the PNG grid, 8 images per row (default {output})")
+    g.add_argument("--upscale", type=positive_int, default=1,
+                   help="enlarge the grid this many times, nearest neighbour (default 1; 4 with --miniature)")
     g.add_argument("--fast", action="store_true",
                    help="the fast path: linear weights and the VQVAE decoder copy in --dtype (fp16 on CUDA by "
                         "default), passes compiled and replayed from CUDA graphs (CUDA; the first call compiles and "
@@ -56,7 +58,7 @@ def demo_labels(args: argparse.Namespace, num_classes: int, device: torch.device
 
 def save_and_report(args: argparse.Namespace, files: dict[str, Path], images: torch.Tensor, timing: Timing,
                     device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> None:
-    save_grid(images, args.output)
+    save_grid(images, args.output, upscale=args.upscale)
     precision = str(dtype).removeprefix("torch.") + (", TF32" if args.tf32_on else "")
     models = [p.name for role, p in files.items() if role != "vae"]
     print(f"{' -> '.join(models)}: {images.shape[0]} images of {images.shape[-1]}x"
