@@ -20,7 +20,7 @@ DEMO_LABELS = [992, 992, 483, 483, 970, 970, 609, 609, 978, 978, 985, 985, 963, 
 def add_demo_args(parser: argparse.ArgumentParser, output: str) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--class_labels", type=int_list, nargs="+", default=None,
-                   help="class ids, space or comma separated (default: the published demo's 16 labels)")
+                   help="class ids, space or comma separated, ranges included: 0-9,207 (default: the published demo's 16 labels)")
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="number of images, cycling through the labels (default: one per label)")
     g.add_argument("--output", default=output, help=f"the PNG grid, 8 images per row (default {output})")
