@@ -5,6 +5,7 @@ own checkpoints under the same names)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from utils.hub import code_file, var_file
@@ -46,7 +47,7 @@ def miniature_code_file(ckpt_dir: str, role: str, draft_steps: int, depth: int, 
         return str(folder / var_file(depth))
     name = code_file(role, draft_steps)
     if not (folder / name).is_file():
-        have = sorted(int(p.stem.split("_")[1]) for p in folder.glob("drafter_*.pth") if p.stem.split("_")[1].isdigit())
+        have = sorted(int(m[1]) for p in folder.glob("drafter_*.pth") if (m := re.fullmatch(r"drafter_(\d+)\.pth", p.name)))
         fix = f"pass --draft_steps {have[0]} or " if have else ""
         raise UsageError(f"--miniature: no fine-tuned {role} for --draft_steps {draft_steps} in {folder} ({name} is "
                          f"missing; fine-tuned N there: {', '.join(map(str, have)) or 'none'}): {fix}add "

@@ -195,6 +195,10 @@ def test_miniature_without_a_fine_tuned_pair_says_what_works(tmp_path):
         run(infer_CoDe, argv)
     run(infer_CoDe, argv + ["--training_free"])
     assert (tmp_path / "g.png").is_file()
+    for name in ("drafter_2.pth", "drafter_2_s1.pth"):  # a pipeline's folder: seed 1's runs are marked
+        (tmp_path / name).touch()
+    with pytest.raises(UsageError, match=r"fine-tuned N there: 2\): pass --draft_steps 2 or"):
+        run(infer_CoDe, ["--miniature", "--ckpt_dir", str(tmp_path), "--device", "cpu"])
 
 
 def test_class_labels_help_mentions_ranges(capsys):
