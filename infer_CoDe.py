@@ -3,6 +3,7 @@
     python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8                  # fine-tuned pair
     python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --training_free  # plain VARs
     python infer_CoDe.py --image dog.jpg --mask 64,64,192,192 --class_labels 207 207            # inpainting
+    python infer_CoDe.py --miniature --device cpu     # the miniature's fine-tuned pair (N=3), offline, seconds
 
 Fine-tuned pairs drafter_<N>.pth / refiner_<N>.pth come from the Hugging Face repo Zigeng/VAR_CoDe (published
 for N = 6, 7, 8, 9 with a d30 drafter and a d16 refiner); --training_free uses var_d<depth>.pth from
@@ -25,6 +26,8 @@ from cli.args import (UsageError, add_sampling_args, autocast, code_temperature,
                       setup_logging)
 from cli.checkpoints import add_code_args, load_code
 from cli.demo import add_demo_args, demo_labels, flatten_labels, prepare, save_and_report
+from cli.miniature import (DRAFT_STEPS, LARGE_DEPTH, NUM_CLASSES, SMALL_DEPTH, add_miniature_arg,
+                           parse_with_miniature)
 from cli.timing import timed_generation
 from code import CollaborativeDecoder, FastPath, TokenEdit, expand_edit, make_edit
 from utils.images import box_to_mask, load_image, load_mask
@@ -41,7 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("editing")
     g.add_argument("--image", default=None, help="the image to edit")
     g.add_argument("--mask", default=None, help="where to generate: a PNG path or a box x0,y0,x1,y1 in pixels")
-    args = parser.parse_args(argv)
+    add_miniature_arg(parser, f"--drafter_depth {LARGE_DEPTH} --refiner_depth {SMALL_DEPTH} --draft_steps "
+                              f"{DRAFT_STEPS}, --class_labels 0-{NUM_CLASSES - 1}", ", --upscale 4")
+    args = parse_with_miniature(parser, argv, dict(
+        drafter_depth=LARGE_DEPTH, refiner_depth=SMALL_DEPTH, draft_steps=DRAFT_STEPS,
+        class_labels=[list(range(NUM_CLASSES))], upscale=4))
     if (args.image is None) != (args.mask is None):
         parser.error("--image and --mask go together")
     return flatten_labels(args)

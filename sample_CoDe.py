@@ -3,6 +3,7 @@
     python sample_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --output_path samples/code8
     torchrun --nproc_per_node=8 sample_CoDe.py --draft_steps 8 --output_path samples/code8     # 8 GPUs
     python sample_CoDe.py --training_free --draft_steps 10 --output_path samples/var_d30 --top_k 900 --temperature 1
+    python sample_CoDe.py --miniature --device cpu                                   # the miniature, offline
 
 --draft_steps 10 is the drafter alone (plain VAR of --drafter_depth; add --training_free); --draft_steps 0 the
 refiner alone. Defaults are the published FID settings: cfg 1.5, top_k 600, top_p 0.96, temperature 1.1 on the
@@ -42,6 +43,7 @@ from cli.args import (add_device_args, add_sampling_args, autocast, check_labels
                       exit_on_error, int_in, int_list, positive_int, published_numerics, resolve_device, resolve_dtype,
                       sampling_config, setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
+from cli.miniature import DRAFT_STEPS, LARGE_DEPTH, SMALL_DEPTH, add_miniature_arg, parse_with_miniature
 from cli.sample_writer import BatchWriter
 from cli.samples import (CHECKSUMS, MAX_PER_CLASS, MAX_SEED, Batch, ImageKey, SampleFolder, checkpoint_identity,
                          image_seed, plan, rank_keys)
@@ -85,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the fast path's check against the eager path (default: on the first batch of every "
                         "new shape and every 200 batches, before the batch is written; recorded in run.json)")
     add_device_args(parser)
-    return parser.parse_args(argv)
+    add_miniature_arg(parser, f"--drafter_depth {LARGE_DEPTH} --refiner_depth {SMALL_DEPTH} --draft_steps "
+                              f"{DRAFT_STEPS}", ", --output_path samples/miniature")
+    return parse_with_miniature(parser, argv, dict(drafter_depth=LARGE_DEPTH, refiner_depth=SMALL_DEPTH,
+                                                   draft_steps=DRAFT_STEPS, output_path="samples/miniature"))
 
 
 @torch.no_grad()

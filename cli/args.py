@@ -34,20 +34,24 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """Under torchrun every rank meets the same bad input: rank 0 alone prints it; a failed run is printed by each
+    rank it happened on (with its rank); every rank exits with the code."""
+    rank = os.environ.get("RANK", "0")
     try:
         main(args)
     except (UsageError, CheckpointError, LockError, FileNotFoundError, NotADirectoryError) as e:
-        fail(e, EXIT_USAGE)
+        fail(e, EXIT_USAGE, rank, quiet_ranks=True)
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        if rank == "0":
+            print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         if is_out_of_memory(e):
             batch = getattr(args, "batch_size", None)
             fail(f"out of memory ({one_line(e)}): use a smaller --batch_size"
-                 f"{f' (now {batch})' if batch else ''}", EXIT_FAILED)
+                 f"{f' (now {batch})' if batch else ''}", EXIT_FAILED, rank)
         if isinstance(e, (FastPathError, OSError)):  # a write that failed (full disk, permissions), a compile
-            fail(e, EXIT_FAILED)
+            fail(e, EXIT_FAILED, rank)
         raise
 
 
@@ -56,8 +60,12 @@ def one_line(e: BaseException | str) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def fail(e: BaseException | str, code: int) -> None:
-    print(f"error: {e}", file=sys.stderr)
+def fail(e: BaseException | str, code: int, rank: str = "0", quiet_ranks: bool = False) -> None:
+    """Bad input is the same on every rank (rank 0 says it); a failure may be one rank's own (each says it)."""
+    if rank == "0":
+        print(f"error: {e}", file=sys.stderr)
+    elif not quiet_ranks:
+        print(f"error: rank {rank}: {e}", file=sys.stderr)
     sys.exit(code)
 
 

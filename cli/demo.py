@@ -22,11 +22,13 @@ DEMO_LABELS = [992, 992, 483, 483, 970, 970, 609, 609, 978, 978, 985, 985, 963, 
 def add_demo_args(parser: argparse.ArgumentParser, output: str) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--class_labels", type=int_list, nargs="+", default=None,
-                   help="class ids, space or comma separated (default: the published demo's 16 labels)")
+                   help="class ids, space or comma separated, ranges included: 0-9,207 (default: the published demo's 16 labels)")
     g.add_argument("--batch_size", type=int_in(1, MAX_BATCH, " (images in one batch)"), default=None,
                    help="number of images, cycling through the labels (default: one per label)")
     g.add_argument("--output", default=output,
                    help=f"the image grid, 8 images per row; .png, .jpg, .webp, ... by its suffix (default {output})")
+    g.add_argument("--upscale", type=int_in(1, 64, " (times the grid is enlarged)"), default=1,
+                   help="enlarge the grid this many times, nearest neighbour (default 1; 4 with --miniature)")
     g.add_argument("--fast", action="store_true",
                    help="the fast path: linear weights and the VQVAE decoder copy in --dtype (fp16 on CUDA by "
                         "default), passes compiled and replayed from CUDA graphs (CUDA; the first call compiles and "
@@ -70,7 +72,7 @@ def demo_labels(args: argparse.Namespace, num_classes: int, device: torch.device
 
 def save_and_report(args: argparse.Namespace, files: dict[str, Path], images: torch.Tensor, timing: Timing,
                     device: torch.device, dtype: torch.dtype, fast: FastPath | None = None) -> None:
-    save_grid(images, args.output)
+    save_grid(images, args.output, upscale=args.upscale)
     precision = str(dtype).removeprefix("torch.") + (", TF32" if args.tf32_on else "")
     models = [p.name for role, p in files.items() if role != "vae"]
     print(f"{' -> '.join(models)}: {images.shape[0]} images of {images.shape[-1]}x"
