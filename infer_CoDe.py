@@ -3,6 +3,7 @@
     python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8                  # fine-tuned pair
     python infer_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --training_free  # plain VARs
     python infer_CoDe.py --image dog.jpg --mask 64,64,192,192 --class_labels 207 207            # inpainting
+    python infer_CoDe.py --miniature --device cpu     # the miniature's fine-tuned pair (N=3), offline, seconds
 
 Fine-tuned pairs drafter_<N>.pth / refiner_<N>.pth come from the Hugging Face repo Zigeng/VAR_CoDe (published
 for N = 6, 7, 8, 9 with a d30 drafter and a d16 refiner); --training_free uses var_d<depth>.pth from
@@ -17,16 +18,22 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
+
+import torch
 
 from cli.args import (UsageError, add_sampling_args, autocast, code_temperature, exit_on_error, sampling_config,
                       setup_logging)
 from cli.checkpoints import add_code_args, load_code
 from cli.demo import add_demo_args, demo_labels, flatten_labels, prepare, save_and_report
+from cli.miniature import (DRAFT_STEPS, LARGE_DEPTH, NUM_CLASSES, SMALL_DEPTH, add_miniature_arg,
+                           parse_with_miniature)
 from cli.timing import timed_generation
 from code import CollaborativeDecoder, FastPath, TokenEdit, expand_edit, make_edit
 from utils.images import box_to_mask, load_image, load_mask
 
-BOX = re.compile(r"\d+,\d+,\d+,\d+")
+INT = re.compile(r"[+-]?\d+")
+CHECK_SIZE = 16  # --image and --mask are checked at this size before the models (and their size) are known
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,28 +44,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("editing")
     g.add_argument("--image", default=None, help="the image to edit")
     g.add_argument("--mask", default=None, help="where to generate: a PNG path or a box x0,y0,x1,y1 in pixels")
-    args = parser.parse_args(argv)
+    add_miniature_arg(parser, f"--drafter_depth {LARGE_DEPTH} --refiner_depth {SMALL_DEPTH} --draft_steps "
+                              f"{DRAFT_STEPS}, --class_labels 0-{NUM_CLASSES - 1}", ", --upscale 4")
+    args = parse_with_miniature(parser, argv, dict(
+        drafter_depth=LARGE_DEPTH, refiner_depth=SMALL_DEPTH, draft_steps=DRAFT_STEPS,
+        class_labels=[list(range(NUM_CLASSES))], upscale=4))
     if (args.image is None) != (args.mask is None):
         parser.error("--image and --mask go together")
     return flatten_labels(args)
 
 
-def load_edit(args: argparse.Namespace, decoder: CollaborativeDecoder, batch: int) -> TokenEdit:
-    size = decoder.vae.config.image_size
+def parse_box(text: str) -> tuple[int, int, int, int] | None:
+    """'x0,y0,x1,y1' (spaces allowed) -> the box; None if `text` is an existing file or has no comma (a path)."""
+    if Path(text).exists() or "," not in text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(INT.fullmatch(p) for p in parts):
+        raise UsageError(f"--mask {text!r} is neither a mask file nor a box x0,y0,x1,y1 of four integer pixel "
+                         "coordinates (e.g. 64,64,192,192)")
+    return tuple(int(p) for p in parts)
+
+
+def edit_inputs(args: argparse.Namespace, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """--image and --mask at `size` x `size`; UsageErrors name the flag."""
     try:
         image, original = load_image(args.image, size)
-        if BOX.fullmatch(args.mask):
-            mask = box_to_mask(tuple(int(v) for v in args.mask.split(",")), original, size)
-        else:
-            mask = load_mask(args.mask, original, size)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--image {e}") from None
+    box = parse_box(args.mask)
+    try:
+        mask = box_to_mask(box, original, size) if box else load_mask(args.mask, original, size)
+    except ValueError as e:
+        raise UsageError(f"--mask {e}") from None
+    return image, mask
+
+
+def load_edit(args: argparse.Namespace, decoder: CollaborativeDecoder, batch: int) -> TokenEdit:
+    image, mask = edit_inputs(args, decoder.vae.config.image_size)
     return expand_edit(make_edit(decoder.vae, image, mask), batch)
 
 
 def main(args: argparse.Namespace):
     setup_logging()
     device, dtype, linear_dtype = prepare(args)
+    if args.image is not None:
+        edit_inputs(args, size=CHECK_SIZE)  # bad files or boxes are reported before the models load
     decoder, files = load_code(args, device, linear_dtype)  # the drafter, then the refiner, and the VQVAE
     sampling = sampling_config(args, decoder.num_scales, code_temperature(decoder.num_scales))
     labels = demo_labels(args, decoder.num_classes, device)

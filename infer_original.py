@@ -2,6 +2,7 @@
 
     python infer_original.py --model_depth 30
     python infer_original.py --model_ckpt my_var.pth --vae_ckpt vae.pth --class_labels 1 2 3 --device cpu
+    python infer_original.py --miniature --device cpu      # the miniature's depth-6 VAR, offline, seconds
 
 Weights are var_d<depth>.pth and vae_ch160v4096z32.pth from the Hugging Face repo FoundationVision/var (or
 --ckpt_dir, or explicit paths). Weights stay float32 and generation runs under torch.autocast(--dtype), as
@@ -14,6 +15,7 @@ import argparse
 from cli.args import add_sampling_args, autocast, exit_on_error, sampling_config, setup_logging
 from cli.checkpoints import add_var_args, load_plain
 from cli.demo import add_demo_args, demo_labels, flatten_labels, prepare, save_and_report
+from cli.miniature import LARGE_DEPTH, NUM_CLASSES, add_miniature_arg, parse_with_miniature
 from cli.timing import timed_generation
 from code import FastPath
 
@@ -23,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_var_args(parser)
     add_sampling_args(parser, cfg=4.0, top_k=900, top_p=0.95, temperature="1.0", seed=42)  # the published demo
     add_demo_args(parser, output="output_original.png")
-    return flatten_labels(parser.parse_args(argv))
+    add_miniature_arg(parser, f"--model_depth {LARGE_DEPTH}, --class_labels 0-{NUM_CLASSES - 1}", ", --upscale 4")
+    return flatten_labels(parse_with_miniature(parser, argv, dict(
+        model_depth=LARGE_DEPTH, class_labels=[list(range(NUM_CLASSES))], upscale=4)))
 
 
 def main(args: argparse.Namespace):

@@ -3,6 +3,7 @@
     python sample_CoDe.py --drafter_depth 30 --refiner_depth 16 --draft_steps 8 --output_path samples/code8
     torchrun --nproc_per_node=8 sample_CoDe.py --draft_steps 8 --output_path samples/code8     # 8 GPUs
     python sample_CoDe.py --training_free --draft_steps 10 --output_path samples/var_d30 --top_k 900 --temperature 1
+    python sample_CoDe.py --miniature --device cpu                                   # the miniature, offline
 
 --draft_steps 10 is the drafter alone (plain VAR of --drafter_depth; add --training_free); --draft_steps 0 the
 refiner alone. Defaults are the published FID settings: cfg 1.5, top_k 600, top_p 0.96, temperature 1.1 on the
@@ -38,27 +39,32 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
-                      exit_on_error, int_list, positive_int, published_numerics, resolve_device, resolve_dtype,
+from cli.args import (add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
+                      exit_on_error, int_in, int_list, positive_int, published_numerics, resolve_device, resolve_dtype,
                       sampling_config, setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
+from cli.miniature import DRAFT_STEPS, LARGE_DEPTH, SMALL_DEPTH, add_miniature_arg, parse_with_miniature
 from cli.sample_writer import BatchWriter
-from cli.samples import (SEED_STRIDE, Batch, ImageKey, SampleFolder, checkpoint_identity, image_seed, plan,
-                         rank_keys)
+from cli.samples import (CHECKSUMS, MAX_PER_CLASS, MAX_SEED, Batch, ImageKey, SampleFolder, checkpoint_identity,
+                         image_seed, plan, rank_keys)
 from code import CollaborativeDecoder, FastPath, SamplingConfig
 from utils.dist import DistInfo, barrier, cleanup, init_distributed
 from utils.images import ROUNDING, quantize
+from utils.lock import FolderLock
 
 log = logging.getLogger(__name__)
+SEED_WHY = f" (image i of --seed s uses generator seed s * {MAX_PER_CLASS} + i, which must fit in 32 bits)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_code_args(parser)
-    add_sampling_args(parser, cfg=1.5, top_k=600, top_p=0.96, temperature="1.1*7,1.0*3", seed=0)
+    add_sampling_args(parser, cfg=1.5, top_k=600, top_p=0.96, temperature="1.1*7,1.0*3", seed=0, max_seed=MAX_SEED,
+                      seed_why=SEED_WHY)
     g = parser.add_argument_group("samples")
     g.add_argument("--output_path", default="samples", help="folder for run.json, shards/, images/ and the .npz")
-    g.add_argument("--per_class", type=positive_int, default=50, help="images per class (default 50)")
+    g.add_argument("--per_class", type=int_in(1, MAX_PER_CLASS, SEED_WHY), default=50,
+                   help=f"images per class, at most {MAX_PER_CLASS} (default 50)")
     g.add_argument("--classes", type=int_list, default=None,
                    help="a subset of classes, e.g. 0-99,207 (default: every class of the model)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="images per forward pass (default 64)")
@@ -81,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the fast path's check against the eager path (default: on the first batch of every "
                         "new shape and every 200 batches, before the batch is written; recorded in run.json)")
     add_device_args(parser)
-    return parser.parse_args(argv)
+    add_miniature_arg(parser, f"--drafter_depth {LARGE_DEPTH} --refiner_depth {SMALL_DEPTH} --draft_steps "
+                              f"{DRAFT_STEPS}", ", --output_path samples/miniature")
+    return parse_with_miniature(parser, argv, dict(drafter_depth=LARGE_DEPTH, refiner_depth=SMALL_DEPTH,
+                                                   draft_steps=DRAFT_STEPS, output_path="samples/miniature"))
 
 
 @torch.no_grad()
@@ -123,14 +132,12 @@ def prepare_folder(args, folder: SampleFolder, decoder: CollaborativeDecoder, fi
     if stale := folder.prepare():
         log.info(f"removed {len(stale)} temporary files an interrupted run left: "
                  f"{', '.join(p.name for p in stale[:5])}{' ...' if len(stale) > 5 else ''}")
-    checkpoints = checkpoint_identity(list(files), list(files.values()), folder.root / ".checkpoint_sha256.json")
+    checkpoints = checkpoint_identity(list(files), list(files.values()), folder.root / CHECKSUMS)
     done = folder.done(remove_damaged=True)
     folder.check_settings(settings(args, decoder, checkpoints, sampling, dtype), binding=bool(done))
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
-    if args.seed >= SEED_STRIDE:
-        raise UsageError(f"--seed must be below 2**32 (each seed owns 2**32 image streams), got {args.seed}")
     dtype = resolve_dtype(args.dtype, device)
     args.tf32_on = published_numerics(device, args.tf32)
     folder = SampleFolder(args.output_path)
@@ -142,9 +149,16 @@ def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Pa
     classes = sorted(set(args.classes if args.classes is not None else range(decoder.num_classes)))
     check_labels(classes, decoder.num_classes, "--classes")
     keys = plan(classes, args.per_class)
-    if dist.is_main:
-        prepare_folder(args, folder, decoder, files, sampling, dtype)
-    barrier()
+    with FolderLock(folder.root, "--output_path", active=dist.is_main):  # two runs in one folder would mix
+        if dist.is_main:
+            prepare_folder(args, folder, decoder, files, sampling, dtype)
+        barrier()
+        return generate(args, dist, device, folder, decoder, keys, sampling, dtype)
+
+
+def generate(args: argparse.Namespace, dist: DistInfo, device: torch.device, folder: SampleFolder,
+             decoder: CollaborativeDecoder, keys: list[ImageKey], sampling: SamplingConfig, dtype: torch.dtype
+             ) -> Path | None:
     done = folder.done()
     todo = [k for k in rank_keys(keys, dist.rank, dist.world_size) if k not in done]
     fast = None if args.eager else build_fast_path(decoder, device, dtype, args.decode_chunk, args.fast_check)

@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark.py                      # every case, batch 64, on the GPU (random weights)
     python benchmarks/benchmark.py --cases var-d30,code-8 --no-eager --out results.md
-    python benchmarks/benchmark.py --tiny --device cpu  # smoke run of the whole script with tiny models
+    python benchmarks/benchmark.py --tiny --device cpu  # smoke run with tiny models: 2 cases, batch 2, 1 repeat
     python benchmarks/benchmark.py --check --cases code-8 --repeats 1   # also: fast vs eager numerics
 
 Weights are random (the speed does not depend on their values): models are built on the meta device and
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +41,8 @@ CODE_SAMPLING = dict(cfg=1.5, top_k=600, top_p=0.96, temperature=[1.1] * 7 + [1.
 TINY_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8)  # the published 10 scales, 32 px images
 TINY_VAR = dict(width=64, heads=2, num_classes=10, vocab_size=64, cvae=8)
 TINY_DEPTH = {30: 3, 16: 2}
+TINY_DEFAULTS = dict(cases="var-d16,code-8", batch_size=2, warmup=1, repeats=1)  # a smoke run: seconds
+DEFAULTS = dict(cases=",".join(CASES), batch_size=64, warmup=2, repeats=5)
 
 
 # ---- FLOP count -------------------------------------------------------------------------------------
@@ -266,14 +269,19 @@ def table(results: list[Result], batch: int) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=64, help="images per batch (CFG doubles it inside)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="images per batch, CFG doubles it inside (default 64; 2 with --tiny)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda (default when present) or cpu (only with --tiny)")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(CASES)} (default: all; "
+                                                 f"{TINY_DEFAULTS['cases']} with --tiny)")
     p.add_argument("--no-eager", dest="eager", action="store_false", help="skip the slow eager baseline")
-    p.add_argument("--tiny", action="store_true", help="tiny models (depth 3 / 2, width 64) for a smoke run")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (the first compiles and captures)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    p.add_argument("--tiny", action="store_true", help="tiny models (depth 3 / 2, width 64) for a smoke run; "
+                                                         "its defaults: 2 cases, batch 2, 1 warm-up, 1 repeat")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed runs first; the first compiles and captures (default 2; 1 with --tiny)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (default 5; 1 with "
+                                                             "--tiny)")
     p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
                    help="fast path without torch.compile (default: compile on CUDA)")
     p.add_argument("--no-graphs", dest="graphs", action="store_false", default=None,
@@ -288,6 +296,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "implementation's H100 measurement; the scripts' default is fp16)")
     p.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = p.parse_args(argv)
+    for name, value in (TINY_DEFAULTS if args.tiny else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in args.cases if c not in CASES]
     if bad or not args.cases:
@@ -308,7 +319,7 @@ def main(argv=None) -> str:
     rate = matmul_rate(device, args.matmul_size or (8192 if device.type == "cuda" else 256))
     vae = random_vae(device, args.tiny)
     results, checks = [], []
-    for case in args.cases:
+    for case in tqdm(args.cases, desc="cases", unit="case"):
         case_results, case_checks = run_case(case, vae, args, device, rate)
         results, checks = results + case_results, checks + case_checks
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

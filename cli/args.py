@@ -1,8 +1,9 @@
 """Flags shared by the inference and sampling scripts (sampling, device, labels), their parsing, and clean exits.
 
 Exit status, for every script: 0 done; 2 the command or its inputs need fixing (a bad flag, a missing or unusable
-checkpoint, data or output folder; argparse's own errors too); 1 the run failed otherwise (a write error such as a
-full disk, the fast path failing to compile). Errors print one line, `error: ...`, without a traceback.
+checkpoint, image, data or output folder, a folder another run holds; argparse's own errors too); 1 the run failed
+otherwise (a write error such as a full disk, out of memory, the fast path failing to compile); 130 interrupted
+(Ctrl-C). Errors print one line, `error: ...`, without a traceback (docs/errors.md has the table).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Callable
 
 import torch
 
-from code import FastPathError, SamplingConfig
+from code import FastPathError, SamplingConfig, is_out_of_memory
 from utils.checkpoint import CheckpointError
+from utils.lock import LockError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -28,18 +30,43 @@ class UsageError(Exception):
     """A problem with the command's inputs, reported as one line without a traceback."""
 
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """Under torchrun every rank meets the same bad input: rank 0 alone prints it; a failed run is printed by each
+    rank it happened on (with its rank); every rank exits with the code."""
+    rank = os.environ.get("RANK", "0")
     try:
         main(args)
-    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError) as e:
+    except (UsageError, CheckpointError, LockError, FileNotFoundError, NotADirectoryError) as e:
+        fail(e, EXIT_USAGE, rank, quiet_ranks=True)
+    except KeyboardInterrupt:
+        if rank == "0":
+            print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        if is_out_of_memory(e):
+            batch = getattr(args, "batch_size", None)
+            fail(f"out of memory ({one_line(e)}): use a smaller --batch_size"
+                 f"{f' (now {batch})' if batch else ''}", EXIT_FAILED, rank)
+        if isinstance(e, (FastPathError, OSError)):  # a write that failed (full disk, permissions), a compile
+            fail(e, EXIT_FAILED, rank)
+        raise
+
+
+def one_line(e: BaseException | str) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def fail(e: BaseException | str, code: int, rank: str = "0", quiet_ranks: bool = False) -> None:
+    """Bad input is the same on every rank (rank 0 says it); a failure may be one rank's own (each says it)."""
+    if rank == "0":
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (FastPathError, OSError) as e:  # a write that failed (full disk, permissions), a compile that failed
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_FAILED)
+    elif not quiet_ranks:
+        print(f"error: rank {rank}: {e}", file=sys.stderr)
+    sys.exit(code)
 
 
 def setup_logging(is_main: bool = True) -> None:
@@ -47,6 +74,9 @@ def setup_logging(is_main: bool = True) -> None:
 
 
 # ---- argument types ---------------------------------------------------------------------------------
+MAX_SCALES = 256  # far above any model's (10 published): a longer per-scale list is a typo, never expanded
+
+
 def per_scale(kind: type) -> Callable[[str], object]:
     """'600' -> 600; '1.1,1.1,1.0' -> a list; 'v*n' repeats: '1.1*7,1.0*3' is the published temperature list."""
     def parse(text: str):
@@ -54,7 +84,12 @@ def per_scale(kind: type) -> Callable[[str], object]:
         for part in text.split(","):
             value, _, count = part.partition("*")
             try:
-                values += [kind(value)] * (int(count) if count else 1)
+                n = int(count) if count else 1
+                if n < 1:
+                    raise ValueError
+                if n > MAX_SCALES - len(values):
+                    raise argparse.ArgumentTypeError(f"{text!r} gives more than {MAX_SCALES} values (one per scale)")
+                values += [kind(value)] * n
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} or a comma list of them "
                                                  "(per scale; 'v*n' repeats v n times)") from None
@@ -80,7 +115,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_in(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in low..high; `why` says where the upper limit comes from."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer in {low}..{high}{why}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 INT_OR_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+MAX_CLASS_ID = 2**20 - 1  # far above any model's classes (1000 published): checked before a range is expanded
 
 
 def int_list(text: str) -> list[int]:
@@ -91,6 +141,8 @@ def int_list(text: str) -> list[int]:
         if m is None:
             raise argparse.ArgumentTypeError(f"{part!r} is not a class id (an integer >= 0) or a range such as 0-9")
         start, stop = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if stop > MAX_CLASS_ID:
+            raise argparse.ArgumentTypeError(f"class id {stop} is above {MAX_CLASS_ID} (models have far fewer classes)")
         if stop < start:
             raise argparse.ArgumentTypeError(f"range {part!r} is empty")
         out += range(start, stop + 1)
@@ -98,8 +150,12 @@ def int_list(text: str) -> list[int]:
 
 
 # ---- argument groups --------------------------------------------------------------------------------
+MAX_SEED = 2**32 - 1  # torch's CPU generator keeps the low 32 bits of a seed, CUDA's 64: above, they would differ
+
+
 def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top_p, temperature: str,
-                      seed: int) -> None:
+                      seed: int, max_seed: int = MAX_SEED, seed_why: str = " (the 32 bits torch's CPU generator "
+                      "keeps)") -> None:
     g = parser.add_argument_group("sampling (top_k, top_p, temperature: a number, or a comma list with one "
                                   "value per scale)")
     g.add_argument("--cfg", type=float, default=cfg, help=f"classifier-free guidance scale (default {cfg})")
@@ -107,7 +163,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top
     g.add_argument("--top_p", type=per_scale(float), default=top_p, help=f"1 keeps every token (default {top_p})")
     g.add_argument("--temperature", type=per_scale(float), default=None,
                    help=f"applied after the top-k / top-p filter (default {temperature})")
-    g.add_argument("--seed", type=non_negative_int, default=seed, help=f"random seed (default {seed})")
+    g.add_argument("--seed", type=int_in(0, max_seed, seed_why), default=seed,
+                   help=f"random seed, 0..{max_seed} (default {seed})")
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +212,8 @@ def resolve_device(text: str | None) -> torch.device:
         device = torch.device(text)
     except RuntimeError:
         raise UsageError(f"--device {text!r} is not a device (cuda, cuda:N or cpu)") from None
+    if device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device {text}: only cuda, cuda:N and cpu are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {text}: CUDA is not available here; use --device cpu")
     return device

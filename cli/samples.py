@@ -30,7 +30,11 @@ from .args import UsageError
 
 log = logging.getLogger(__name__)
 FAST_CHECK = "fast_check"  # run.json's record of the fast path's checks: not a setting
-SEED_STRIDE = 2**32  # --seed s uses streams s * 2**32 + index: seeds never share a stream
+CHECKSUMS = ".checkpoint_sha256.json"  # the checkpoints' hashes, cached by file identity
+# Image i of --seed s uses generator seed s * 2**16 + i: distinct for every (seed, index) and below 2**32, which
+# torch's CPU generator keeps (it drops higher bits; CUDA's keeps 64), so a seed means the same on both devices
+SEED_STRIDE = 2**16  # the most images per class, and the number of --seed values
+MAX_SEED, MAX_PER_CLASS = SEED_STRIDE - 1, SEED_STRIDE
 PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
@@ -78,9 +82,9 @@ def image_seed(seed: int, key: ImageKey) -> int:
     """The seed of one image's own generator. As published (g_seed = index, for every class), --seed 0 gives
     image i of each class the stream of seed i, which reproduces the published sample set; its label is what
     differs between classes. An image thus depends on its class, --seed and index alone, never on its batch
-    or its rank."""
-    if not 0 <= seed < SEED_STRIDE or not 0 <= key.index < SEED_STRIDE:
-        raise ValueError(f"seed {seed} and index {key.index} must be in 0..2**32-1")
+    or its rank. Every (seed, index) gets its own 32-bit seed (see SEED_STRIDE)."""
+    if not 0 <= seed <= MAX_SEED or not 0 <= key.index < MAX_PER_CLASS:
+        raise ValueError(f"seed {seed} must be in 0..{MAX_SEED} and index {key.index} in 0..{MAX_PER_CLASS - 1}")
     return seed * SEED_STRIDE + key.index
 
 
@@ -115,7 +119,9 @@ class SampleFolder:
         """Create the folders; remove the temporary files an interrupted run left (returns them)."""
         for d in (self.root, self.shards, self.images):
             d.mkdir(parents=True, exist_ok=True)
-        return [p for d in (self.root, self.shards, self.images) for p in remove_temp_files(d)]
+        ours = [(self.root, n) for n in (self.run_json.name, CHECKSUMS, "samples_*.npz")]  # never a user's file
+        ours += [(self.shards, "*.npz"), (self.images, "*.png")]
+        return [p for d, name in ours for p in remove_temp_files(d, name)]
 
     def read_settings(self) -> dict | None:
         if not self.run_json.is_file():

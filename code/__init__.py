@@ -39,7 +39,7 @@ compile_command = _std.compile_command
 _EXPORTS = {
     **dict.fromkeys(["CollaborativeDecoder", "collaborative_generate", "var_generate", "chain_stops",
                      "check_compatible"], "decoder"),
-    **dict.fromkeys(["FastPath", "FastPathError"], "fast"),
+    **dict.fromkeys(["FastPath", "FastPathError", "is_out_of_memory"], "fast"),
     **dict.fromkeys(["FastPathMismatch", "CheckReport", "check_fast_path"], "fast_check"),
     **dict.fromkeys(["DecodeState", "TokenEdit", "run_scales"], "loop"),
     "SamplingConfig": "sampling",

@@ -18,6 +18,8 @@ from models import VAR, VQVAE
 from .decoder import CollaborativeDecoder
 from .loop import TokenEdit
 
+RANGE_SLACK = 1e-3  # a resize's overshoot or float rounding just outside [-1, 1] is fine
+
 
 def token_masks(mask_BHW: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
     """Pixel mask (B, H, W), True = generate -> per scale (B, p*p) bool: True if any pixel under the token is.
@@ -43,6 +45,14 @@ def make_edit(vae: VQVAE, image_B3HW: torch.Tensor, mask_BHW: torch.Tensor) -> T
     S = vae.config.image_size
     if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, S, S):
         raise ValueError(f"image must be (B, 3, {S}, {S}) in [-1, 1] for this VQVAE, got {tuple(image_B3HW.shape)}")
+    if not image_B3HW.is_floating_point():
+        raise ValueError(f"image must be floats in [-1, 1], got {image_B3HW.dtype} (uint8 pixels: x / 127.5 - 1)")
+    if not torch.isfinite(image_B3HW).all():
+        raise ValueError("image has NaN or infinite values; it must be floats in [-1, 1]")
+    lo, hi = image_B3HW.min().item(), image_B3HW.max().item()
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        hint = " (pixels in 0..255: x / 127.5 - 1)" if hi > 2 else ""
+        raise ValueError(f"image must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
     if mask_BHW.ndim != 3 or tuple(mask_BHW.shape[1:]) != (S, S):
         raise ValueError(f"mask must be (B, {S}, {S}) bool, True = generate, got {tuple(mask_BHW.shape)}")
     B = max(image_B3HW.shape[0], mask_BHW.shape[0])

@@ -74,6 +74,13 @@ def cache_numel(model: VAR, batch: int, length: int) -> int:
     return 2 * c.depth * batch * length * c.width
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError: not a compile problem,
+    the eager path would need the memory too."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
+
+
 def failure(what: str, e: BaseException) -> FastPathError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return FastPathError(f"the fast path failed to compile or capture {what}: {type(e).__name__}: {first[:300]}. "
@@ -180,9 +187,9 @@ class FastSteps:
                 try:
                     step = self._build(model, k, bg, draw, cond_BD, inputs, noise)
                     out = step(cond_BD, inputs)
-                except torch.cuda.OutOfMemoryError:
-                    raise  # not a compilation problem: the eager path would need the memory too
                 except Exception as e:
+                    if is_out_of_memory(e):
+                        raise
                     raise failure(what, e) from e
                 self._steps[key] = step
             else:
@@ -279,9 +286,9 @@ class FastVAEDecoder(nn.Module):
             return self._images(f)
         try:
             out = self._images(f)
-        except torch.cuda.OutOfMemoryError:
-            raise
         except Exception as e:
+            if is_out_of_memory(e):
+                raise
             raise failure(f"the VQVAE decoder for {f.shape[0]} images", e) from e
         self._ran.add(tuple(f.shape))
         return out

@@ -8,6 +8,7 @@ the random stream are the same for both.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -183,11 +184,22 @@ def resolve_labels(labels, batch_size: int | None, num_classes: int, device, gen
     return labels.to(device=device, dtype=torch.long)
 
 
+MAX_SEED = 2**32 - 1  # torch's CPU generator keeps a seed's low 32 bits, CUDA's 64: larger seeds would differ
+
+
 def make_generator(seed: int | None, generator: Generators, device) -> Generators:
+    """seed -> a new generator on `device`; or `generator` (one torch.Generator, or a list of one per image)."""
     if generator is not None:
+        if seed is not None:
+            raise ValueError("pass either seed or generator, not both")
+        gens = [generator] if isinstance(generator, torch.Generator) else generator
+        if isinstance(gens, (str, bytes)) or not isinstance(gens, Sequence) or not gens or \
+                not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError(f"generator must be a torch.Generator or a list of one per image, got {generator!r}")
         return generator
     if seed is None:
         return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (torch's CPU generator keeps 32 bits), "
+                         f"got {seed!r}")
+    return torch.Generator(device=device).manual_seed(int(seed))

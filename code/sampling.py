@@ -12,6 +12,9 @@ from typing import Sequence
 import torch
 
 PerScale = float | int | Sequence[float] | Sequence[int]
+# Guidance and temperature scale the logits (|logit| up to ~1e2): these limits keep the products far inside
+# float16's range (6.5e4) for cfg and float32's (3.4e38) for 1 / temperature; 1e-4 is greedy in effect
+MAX_CFG, MIN_TEMPERATURE, MAX_TEMPERATURE = 100.0, 1e-4, 1e4
 
 
 @dataclass
@@ -28,8 +31,12 @@ class SamplingConfig:
     greedy: bool = False
 
     def validate(self, num_scales: int) -> None:
-        if not (isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg) and self.cfg >= 0):
+        if not (isinstance(self.cfg, (int, float)) and not isinstance(self.cfg, bool) and math.isfinite(self.cfg)
+                and self.cfg >= 0):
             raise ValueError(f"cfg must be a number >= 0 (and finite), got {self.cfg!r}")
+        if self.cfg > MAX_CFG:
+            raise ValueError(f"cfg must be at most {MAX_CFG:g} (far beyond useful guidance; near 1000 the guided "
+                             f"logits overflow float16), got {self.cfg!r}")
         for name in ("top_k", "top_p", "temperature"):
             values = self._list(name, num_scales)
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
@@ -40,11 +47,16 @@ class SamplingConfig:
                 raise ValueError(f"top_p must be in (0, 1], got {getattr(self, name)!r}")
             if name == "temperature" and any(not v > 0 for v in values):
                 raise ValueError(f"temperature must be finite and > 0, got {getattr(self, name)!r}")
+            if name == "temperature" and any(not MIN_TEMPERATURE <= v <= MAX_TEMPERATURE for v in values):
+                raise ValueError(f"temperature must be in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g} (beyond, logits "
+                                 f"/ temperature leaves float32's range), got {getattr(self, name)!r}")
 
     def _list(self, name: str, num_scales: int) -> list:
         value = getattr(self, name)
         if isinstance(value, (int, float)):
             return [value] * num_scales
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(f"{name} must be a number or one number per scale, got {value!r}")
         value = list(value)
         if len(value) != num_scales:
             raise ValueError(f"{name} has {len(value)} entries but there are {num_scales} scales")

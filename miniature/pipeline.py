@@ -1,7 +1,7 @@
 """The whole miniature, from nothing to the table: data, tokenizer, classifier, two VARs, CoDe fine-tuning, scores.
 
     python -m miniature.pipeline --jobs 2 --threads 1              # the documented sizes (--preset full)
-    python -m miniature.pipeline --work /tmp/smoke --preset smoke  # seconds: every stage on a toy budget
+    python -m miniature.pipeline --work /tmp/smoke --preset smoke  # every stage on a toy budget: ~20 s on 2 cores
 
 Each stage is its script's own main() with the flags below: miniature.shapes, train_vqvae.py and
 miniature.train_classifier, train_var.py (large and small), train_drafter.py and train_refiner.py for every N,

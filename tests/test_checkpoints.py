@@ -188,9 +188,9 @@ def test_published_names_come_from_the_hf_cache(offline_hf_cache, tmp_path):
     r = load_var("refiner_8.pth")
     assert torch.equal(var_generate(m, v, [1], seed=0), var_generate(var, vae, [1], seed=0))
     assert r.config == m.config
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download FoundationVision/var var_d30.pth"):
+    with pytest.raises(FileNotFoundError, match="`hf download FoundationVision/var var_d30.pth"):
         load_var("var_d30.pth")
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download Zigeng/VAR_CoDe drafter_7.pth"):
+    with pytest.raises(FileNotFoundError, match="`hf download Zigeng/VAR_CoDe drafter_7.pth"):
         load_var("drafter_7.pth")
 
 

@@ -72,7 +72,7 @@ def test_infer_original_from_explicit_paths(small_ckpts, tmp_path):
     run(infer_original, flags)
     vae, drafter, _ = load_small(small_ckpts)
     assert np.array_equal(read_png(out), grid_of(var_generate(drafter, vae, [8], seed=42, cfg=4.0, top_k=900, top_p=0.95)))
-    with pytest.raises(UsageError, match="VAR: .* holds a depth-2 VAR but depth 16 was requested"):
+    with pytest.raises(UsageError, match="VAR: .* holds a depth-2 VAR but --model_depth 16 was given: pass --model_depth 2"):
         run(infer_original, flags + ["--model_depth", "16"])
 
 
@@ -189,14 +189,14 @@ def test_bad_values_found_after_parsing(hub, tmp_path, argv, message):
 
 
 def test_explicit_checkpoint_checked_against_the_depth_flag(small_ckpts, tmp_path):
-    with pytest.raises(UsageError, match="drafter: .* holds a depth-2 VAR but depth 30 was requested"):
+    with pytest.raises(UsageError, match="drafter: .* holds a depth-2 VAR but --drafter_depth 30 was given: pass --drafter_depth 2"):
         run(infer_CoDe, small_args(small_ckpts, "--drafter_depth", "30", "--output", str(tmp_path / "g.png")))
     with pytest.raises(UsageError, match="--draft_steps 6 exceeds the 4 scales"):
         run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "6", "--output", str(tmp_path / "g.png")))
 
 
 def test_missing_checkpoint_offline_says_what_to_download(offline_hf_cache, tmp_path):
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download FoundationVision/var var_d16.pth"):
+    with pytest.raises(FileNotFoundError, match="`hf download FoundationVision/var var_d16.pth"):
         run(infer_original, ["--model_depth", "16", "--output", str(tmp_path / "g.png"), "--device", "cpu"])
 
 
@@ -206,7 +206,7 @@ def test_unwritable_output_folder_fails_before_loading(tmp_path):
         run(infer_original, ["--output", str(tmp_path / "file" / "g.png"), "--device", "cpu"])
 
 
-@pytest.mark.parametrize("argv", [["--model_depth", "17"], ["--top_k", "many"], ["--class_labels", "-1"],
+@pytest.mark.parametrize("argv", [["--model_depth", "0"], ["--ckpt_dir", "/nonexistent"], ["--top_k", "many"], ["--class_labels", "-1"],
                                   ["--batch_size", "0"], ["--dtype", "fp8"]])
 def test_argparse_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:

@@ -341,12 +341,12 @@ def test_temporary_files_of_a_killed_run_are_removed_and_the_log_does_not_repeat
     assert run(train_drafter, args_for(assets, tmp_path, *recipe, "--stop_at", "2")) == 0
     with open(tmp_path / "log.jsonl", "a") as f:  # steps 3 and 4 were logged, then the kill came before a save
         f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + json.dumps({"step": 4, "loss": 9.0}) + "\n{\"step")
-    (tmp_path / ".ckpt_last.pth.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".ckpt_last.pth.abc123xy.tmp").write_bytes(b"half a checkpoint")
     capsys.readouterr()
     assert run(train_drafter, args_for(assets, tmp_path, *recipe, "--resume", "auto")) == 0
     assert not list(tmp_path.glob(".*.tmp"))
     err = capsys.readouterr().err
-    assert "removed 1 temporary files an interrupted run left" in err and ".ckpt_last.pth.abc123.tmp" in err
+    assert "removed 1 temporary files an interrupted run left" in err and ".ckpt_last.pth.abc123xy.tmp" in err
     assert "resuming at step 2: dropped 3 lines" in err
     assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3, 4] and 9.0 not in [r["loss"] for r in
                                                                                    log_records(tmp_path)]

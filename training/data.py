@@ -19,6 +19,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 
+from utils.images import open_rgb_as_stored
+
 
 class DataError(ValueError):
     """A data folder or image that cannot be used, with its path in the message."""
@@ -61,7 +63,7 @@ class ImageFolder(torchvision.datasets.ImageFolder):
     def __init__(self, root: str | os.PathLike, transform: ImageTransform, seed: int = 0, cond_drop: float = 0.0):
         root = Path(root)
         check_image_folder(root)
-        super().__init__(str(root), allow_empty=True)
+        super().__init__(str(root), allow_empty=True, loader=open_rgb_as_stored)  # 16-bit images scaled, not clipped
         if not self.samples:
             raise DataError(f"data folder {root} has {len(self.classes)} class folders but no images "
                             f"(extensions {', '.join(IMG_EXTENSIONS)})")

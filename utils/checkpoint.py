@@ -32,10 +32,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, the file's other entries): a plain dict of tensors, or {'model': state dict, 'config': ...}."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if is_safetensors(path):
-        return read_safetensors(path)
+        obj, extras = read_safetensors(path)
+        check_finite(obj, path)
+        return obj, extras
     obj, extras = load_weights_only(path), {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, extras = obj["model"], {k: v for k, v in obj.items() if k != "model"}
@@ -44,6 +48,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not tensors")
+    check_finite(obj, path)
     return obj, extras
 
 
@@ -88,6 +93,20 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
         seen.add(ptr)
     text = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     return atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=text))
+
+
+def check_finite(state: dict[str, torch.Tensor], path) -> None:
+    """A NaN weight only ever generates garbage (or fails deep in sampling): refuse it here. (Infinities can be
+    legitimate: VAR's attention mask buffer holds -inf.)"""
+    bad = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN weights in {len(bad)} tensors ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): the file is damaged or its training diverged; "
+                              "use another checkpoint")
+
+
+def folder_message(path: Path) -> str:
+    return f"checkpoint {path} is a folder, not a file: give the file in it, or the folder as ckpt_dir / --ckpt_dir"
 
 
 def load_weights_only(path: Path):

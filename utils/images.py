@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .files import atomic_write
 
@@ -36,20 +36,67 @@ def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: Image.fromarray(image_HW3).save(f, format="PNG"))
 
 
+def image_format(path: str | os.PathLike) -> str | None:
+    """PIL's format for a file name's suffix ('.png' -> 'PNG', '.jpg' -> 'JPEG'), or None if PIL cannot write it."""
+    Image.init()
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    return fmt if fmt in Image.SAVE else None
+
+
 def save_grid(images_B3HW: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 0,
               pad_value: float = 1.0, upscale: int = 1) -> None:
-    """Images in [0, 1] as one PNG grid, `nrow` per row (torchvision's make_grid and save_image: rounded to
-    nearest), optionally enlarged `upscale` times (nearest), written atomically."""
+    """Images in [0, 1] as one grid, `nrow` per row (torchvision's make_grid and save_image: rounded to nearest),
+    optionally enlarged `upscale` times (nearest), written atomically in the format of the suffix (PNG if none)."""
     grid = torchvision.utils.make_grid(images_B3HW.detach().float().cpu(), nrow=nrow, padding=padding,
                                        pad_value=pad_value)
     if upscale > 1:
         grid = grid.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
-    atomic_write(path, lambda f: torchvision.utils.save_image(grid, f, format="PNG"))
+    fmt = image_format(path) or "PNG"
+    atomic_write(path, lambda f: torchvision.utils.save_image(grid, f, format=fmt))
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit integer) grey: convert() clips at 255
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit grey scaled to 8 bits (x / 257, rounded) rather than clipped at 255 as PIL's convert() does."""
+    if im.mode not in WIDE_MODES:
+        return im
+    x = np.asarray(im).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(x / 257), 0, 255).astype(np.uint8), "L")
+
+
+def open_rgb(path: str | os.PathLike, upright: bool = True) -> Image.Image:
+    """An image file as 8-bit RGB, decoded in full: 16-bit images scaled (not clipped), and with `upright`, turned
+    as its EXIF orientation says (as viewers show phone photos). Errors are ValueErrors naming the file."""
+    return to_8bit(open_image(path, upright)).convert("RGB")
+
+
+def open_image(path: str | os.PathLike, upright: bool = True) -> Image.Image:
+    """An image file decoded in full, in its own mode (see open_rgb)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im) if upright else im.copy()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path} is too large to decode safely ({e}); resize it") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
+        raise ValueError(f"{path} cannot be read as an image ({type(e).__name__}: {e})") from None
+
+
+def open_rgb_as_stored(path: str | os.PathLike) -> Image.Image:
+    """open_rgb without the EXIF turn: the pixels as stored, as torchvision's loader gives them (training data)."""
+    return open_rgb(path, upright=False)
 
 
 def square(im: Image.Image, size: int, resample: int) -> Image.Image:
@@ -61,17 +108,17 @@ def square(im: Image.Image, size: int, resample: int) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An RGB image as (1, 3, size, size) in [-1, 1] (centre crop + bicubic resize), and its original (w, h)."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
+    """An image file (open_rgb: upright, 8-bit RGB) as (1, 3, size, size) in [-1, 1] (centre crop + bicubic
+    resize), and its upright (w, h): the picture a viewer shows, in whose pixels a mask or box is drawn."""
+    rgb = open_rgb(path)
     x = torch.from_numpy(np.asarray(square(rgb, size, Image.BICUBIC)).copy()).permute(2, 0, 1).float()
     return x.div_(127.5).sub_(1).unsqueeze(0), rgb.size
 
 
 def load_mask(path: str | os.PathLike, original_size: tuple[int, int], size: int) -> torch.Tensor:
     """A mask PNG the size of the input image (non-zero = generate) -> (1, size, size) bool, cropped alike."""
-    with Image.open(path) as im:
-        mask = im.convert("L")
+    im = open_image(path)
+    mask = Image.fromarray(np.asarray(im) != 0).convert("L") if im.mode in WIDE_MODES else im.convert("L")
     if mask.size != tuple(original_size):
         raise ValueError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but the image is "
                          f"{original_size[0]}x{original_size[1]}: they must have the same size")
