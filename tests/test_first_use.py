@@ -17,6 +17,7 @@ import infer_original
 import sample_CoDe
 from benchmarks import benchmark
 from cli.args import UsageError, exit_on_error, setup_logging
+from cli.checkpoints import draft_steps
 from cli.miniature import MINIATURE_DIR
 from code import CollaborativeDecoder
 from conftest import ROOT
@@ -185,7 +186,7 @@ def test_explicit_flags_win_over_miniature():
                                   "--draft_steps", "2", "--training_free"])
     assert (args.cfg, args.class_labels, args.upscale, args.draft_steps) == (3.0, [4], 1, 2)
     plain = infer_CoDe.parse_args([])
-    assert (plain.cfg, plain.draft_steps, plain.upscale, plain.ckpt_dir) == (4.0, 8, 1, None)
+    assert (plain.cfg, draft_steps(plain), plain.upscale, plain.ckpt_dir) == (4.0, 8, 1, None)
 
 
 def test_miniature_without_a_fine_tuned_pair_says_what_works(tmp_path):
