@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from models import VAR, VQVAE
+from models import VAR, VQVAE, check_compatible
 
 from .fast import FastPath
 from .fast_check import after_generation
@@ -32,19 +32,6 @@ def chain_stops(draft_steps: int | Sequence[int], num_models: int, num_scales: i
     if steps != sorted(steps):
         raise ValueError(f"draft_steps of a chain must not decrease, got {steps}")
     return steps + [num_scales]
-
-
-def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
-    """Every model of a chain must speak the VQVAE's token language and know the same classes."""
-    for i, m in enumerate(models):
-        c = m.config
-        for what, mine, theirs in (("patch_nums", c.patch_nums, vae.patch_nums), ("vocab_size", c.vocab_size,
-                                   vae.vocab_size), ("latent channels (Cvae)", c.cvae, vae.Cvae)):
-            if mine != theirs:
-                raise ValueError(f"model {i} (depth {c.depth}) has {what}={mine} but the VQVAE has {theirs}: "
-                                 "all models in a collaborative chain must share one tokenizer")
-        if c.num_classes != models[0].config.num_classes:
-            raise ValueError(f"model {i} has {c.num_classes} classes but model 0 has {models[0].config.num_classes}")
 
 
 @dataclass(eq=False)

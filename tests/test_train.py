@@ -15,12 +15,13 @@ from PIL import Image
 import train_drafter
 import train_refiner
 from code import var_generate
-from code.losses import RefinerLoss, drafter_ce
+from cli.args import exit_code
 from conftest import ROOT, tiny_pair, tiny_var_like
 from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform
+from training.losses import RefinerLoss, drafter_ce
 from training.optim import LRSchedule, scaled_lr
-from training.var_jobs import make_batch
+from training.tokens import make_batch
 from utils.checkpoint import atomic_save
 
 N = 2  # draft steps of the tiny 4-scale models
@@ -63,7 +64,7 @@ def refiner_args(assets, out, *extra, **kw):
 
 
 def run(script, argv) -> int:
-    return script.main(script.parse_args(argv))
+    return exit_code(script.main, script.parse_args(argv))
 
 
 def weights(path):

@@ -15,12 +15,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import UsageError
 from .files import atomic_write, atomic_write_path
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
