@@ -72,8 +72,9 @@ class CollaborativeDecoder:
         starts = [0] + self.stops[:-1]
         return [(m, a, b) for m, a, b in zip(self.models, starts, self.stops) if a < b]
 
-    def fast_path(self, fast: bool | FastPath) -> FastPath | None:
-        """None for the eager path, a new FastPath for fast=True, or the given one (checked against this chain)."""
+    def fast_path(self, fast: bool | FastPath | None) -> FastPath | None:
+        """What `fast=` means in every call: False or None the eager path (returns None), True a new FastPath, or the
+        given FastPath (checked against this chain)."""
         if fast is False or fast is None:
             return None
         if fast is True:
@@ -87,7 +88,7 @@ class CollaborativeDecoder:
     @torch.no_grad()
     def state(self, labels=None, *, batch_size: int | None = None, seed: int | None = None,
               generator: Generators = None, sampling: SamplingConfig | None = None, edit: TokenEdit | None = None,
-              keep_logits: bool = False, fast: bool | FastPath = False, **sampling_kwargs) -> DecodeState:
+              keep_logits: bool = False, fast: bool | FastPath | None = False, **sampling_kwargs) -> DecodeState:
         """The K token maps and f_hat of `labels` (see __call__ for the arguments), without decoding."""
         if sampling is not None and sampling_kwargs:
             raise ValueError(f"pass either sampling= or {', '.join(sampling_kwargs)}, not both")
@@ -105,15 +106,17 @@ class CollaborativeDecoder:
         return state
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, fast: FastPath | None = None, chunk: int | None = None) -> torch.Tensor:
+    def decode(self, f_hat: torch.Tensor, fast: bool | FastPath | None = False, chunk: int | None = None
+               ) -> torch.Tensor:
         """f_hat -> images in [0, 1] as (B, 3, H, W) float32, `chunk` images per decoder call (all at once by
         default; a FastPath decodes with its bf16 decoder copy, in its own chunks)."""
-        if fast is not None:
-            return fast.decode(f_hat)
+        path = self.fast_path(fast)
+        if path is not None:
+            return path.decode(f_hat)
         return torch.cat([self.vae.fhat_to_unit(f) for f in f_hat.split(chunk or f_hat.shape[0])])
 
     @torch.no_grad()
-    def __call__(self, labels=None, *, return_tokens: bool = False, fast: bool | FastPath = False, **kwargs):
+    def __call__(self, labels=None, *, return_tokens: bool = False, fast: bool | FastPath | None = False, **kwargs):
         """Images in [0, 1] as (B, 3, H, W) float32; with return_tokens, also the K token maps (B, p, p).
 
         labels: class ids (an int, a list or a tensor), or None with batch_size to draw them. Sampling: cfg (linear
@@ -121,10 +124,10 @@ class CollaborativeDecoder:
         applies after filtering), greedy, or sampling=SamplingConfig(...). Randomness: seed, or generator (one
         torch.Generator, or one per image so that each image is independent of its batch). edit: a TokenEdit
         (tokens kept from a source outside a mask). keep_logits: keep every scale's raw logits in the state.
-        fast: True, or a FastPath built from this decoder.
+        fast: True, or a FastPath built from this decoder (False or None: the eager path).
         """
         path = self.fast_path(fast)
-        state = self.state(labels, fast=path or False, **kwargs)
+        state = self.state(labels, fast=path, **kwargs)
         images = self.decode(state.f_hat, path)
         if not return_tokens:
             return images
