@@ -221,6 +221,20 @@ def test_a_drafter_on_every_scale_is_plain_var_fine_tuning(assets, tmp_path):
     assert (tmp_path / "drafter_4.pth").is_file()
 
 
+def test_a_training_error_is_one_line_without_a_time(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, data="nowhere")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"error: data folder {assets / 'nowhere' / 'train'} does not exist" in err and len(err) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is absent")
+def test_training_takes_the_inference_device_vocabulary(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:1")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:1: CUDA is not available here; use --device cpu\n"
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "mps")) == 2
+    assert "only cuda, cuda:N and cpu are supported" in capsys.readouterr().err
+
+
 def test_cli_exit_code_and_message(assets, tmp_path):
     proc = subprocess.run([sys.executable, "train_drafter.py", *args_for(assets, tmp_path, data="nowhere")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
