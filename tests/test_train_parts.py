@@ -1,6 +1,5 @@
 """Pieces of the training scripts: image folder and transforms, sharded sampler, optimizer groups, schedules."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
