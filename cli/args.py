@@ -251,6 +251,10 @@ def resolve_device(text: str | None) -> torch.device:
         raise UsageError(f"--device {text}: only cuda, cuda:N and cpu are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {text}: CUDA is not available here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {text}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                         f"(cuda:0..cuda:{count - 1})")
     return device
 
 

@@ -235,6 +235,13 @@ def test_training_takes_the_inference_device_vocabulary(assets, tmp_path, capsys
     assert "only cuda, cuda:N and cpu are supported" in capsys.readouterr().err
 
 
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:2")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA devices (cuda:0..cuda:1)\n"
+
+
 def test_cli_exit_code_and_message(assets, tmp_path):
     proc = subprocess.run([sys.executable, "train_drafter.py", *args_for(assets, tmp_path, data="nowhere")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
