@@ -1,9 +1,9 @@
 """The training step every script shares: accumulation, autocast, scaler, clipping, non-finite checks.
 
 The script's part is a `LossStep(model, batch, step, total_steps) -> (loss, {name: detached tensor})`, `batch`
-being a collated (images, labels, drops) micro-batch on the CPU; the loop owns everything else. One optimizer step reads `grad_accum` micro-batches per rank; each micro-batch loss is a
-mean over its tokens divided by grad_accum, and DDP averages over ranks, so a step's gradient is the mean
-over the global batch whatever the world size.
+being a collated (images, labels, drops) micro-batch on the CPU; the loop owns everything else. One optimizer step
+reads `grad_accum` micro-batches per rank; each micro-batch loss is a mean over its tokens divided by grad_accum,
+and DDP averages over ranks, so a step's gradient is the mean over the global batch whatever the world size.
 """
 from __future__ import annotations
 
