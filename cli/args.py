@@ -165,6 +165,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top
                    help=f"applied after the top-k / top-p filter (default {temperature})")
     g.add_argument("--seed", type=int_in(0, max_seed, seed_why), default=seed,
                    help=f"random seed, 0..{max_seed} (default {seed})")
+    g.add_argument("--more_smooth", action="store_true",
+                   help="the published sampler's Gumbel-softmax smoothing of the next-scale input: smoother pictures, "
+                        "not for FID (as published); eager path only")
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +200,8 @@ def code_temperature(num_scales: int) -> list[float]:
 
 def sampling_config(args: argparse.Namespace, num_scales: int, default_temperature) -> SamplingConfig:
     temperature = args.temperature if args.temperature is not None else default_temperature
-    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=temperature)
+    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=temperature,
+                              more_smooth=getattr(args, "more_smooth", False))  # the miniature's tools lack it
     try:
         sampling.validate(num_scales)
     except ValueError as e:
