@@ -183,10 +183,11 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def published_numerics(device: torch.device, tf32: bool) -> bool:
-    """TF32 for CUDA's float32 matmuls and convolutions, as the published scripts set it; whether it is on. A
-    process-wide setting: scripts call it once, before anything runs."""
+    """TF32 for CUDA's float32 matmuls and convolutions and deterministic cuDNN algorithms, as the published scripts
+    set them; whether TF32 is on. A process-wide setting: scripts call it once, before anything runs."""
     if device.type != "cuda":
         return False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return tf32
