@@ -113,9 +113,9 @@ def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling
 
 def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype, decode_chunk: int,
                     check: bool) -> FastPath:
-    """Built inside the run's autocast, so that its decoder copy takes the dtype generation computes in."""
+    """Built inside the run's autocast; its decoder copy in the dtype generation computes in (fp32 too)."""
     with autocast(device, dtype):
-        return FastPath(decoder, decode_chunk=decode_chunk, check=check)
+        return FastPath(decoder, decode_chunk=decode_chunk, check=check, decoder_dtype=dtype)
 
 
 def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, checkpoints: list[dict],

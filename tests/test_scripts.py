@@ -12,7 +12,7 @@ from PIL import Image
 import infer_CoDe
 import infer_original
 from cli.args import UsageError, code_temperature, exit_on_error
-from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint, var_generate
+from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
@@ -117,6 +117,16 @@ def test_fast_flag_gives_the_eager_grid_and_report(small_ckpts, tmp_path, capsys
     assert np.array_equal(read_png(eager), read_png(fast))  # fp32 on the CPU: the fast path equals the eager one
     report = capsys.readouterr().out
     assert "cpu float32, fast path" in report and report.count("latency without the VQVAE decoder") == 2
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_fast_decoder_copy_is_in_dtype_as_the_help_says(small_ckpts, tmp_path, monkeypatch, dtype, torch_dtype):
+    built = []
+    monkeypatch.setattr(infer_CoDe, "FastPath", lambda *a, **k: built.append(FastPath(*a, **k)) or built[-1])
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "--fast", "--dtype", dtype,
+                               "--output", str(tmp_path / "grid.png")))
+    assert built[0].decoder.dtype == torch_dtype
+    assert {m.head.weight.dtype for m in built[0].models} == {torch_dtype}
 
 
 def test_more_smooth_flag_reaches_the_library_on_the_eager_path_only(small_ckpts, tmp_path):
