@@ -8,7 +8,9 @@
 --draft_steps 10 is the drafter alone (plain VAR of --drafter_depth; add --training_free); --draft_steps 0 the
 refiner alone. Defaults are the published FID settings: cfg 1.5, top_k 600, top_p 0.96, temperature 1.1 on the
 first seven scales and 1.0 on the last three, fp16 autocast on CUDA, pixels truncated to uint8 as published
-((x * 255).astype(uint8); --rounding nearest rounds instead).
+((x * 255).astype(uint8); --rounding nearest rounds instead). --more_smooth (the published smoothing, for
+pictures, not FID) needs --eager; each batch's own f_hat is then decoded. Where defaults differ from the published
+script: docs/published-defaults.md.
 
 The GPU never waits for the disk: each batch is decoded on the GPU (--decode_chunk images per decoder call),
 converted to uint8 there, and handed to --workers threads that write its PNGs (--png, the published default;
