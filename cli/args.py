@@ -2,8 +2,8 @@
 
 Exit status, for every script: 0 done; 2 the command or its inputs need fixing (a bad flag, a missing or unusable
 checkpoint, image, data or output folder, a folder another run holds; argparse's own errors too); 1 the run failed
-otherwise (a write error such as a full disk, out of memory, the fast path failing to compile); 130 interrupted
-(Ctrl-C). Errors print one line, `error: ...`, without a traceback (docs/errors.md has the table).
+otherwise (a write error such as a full disk, out of memory, the fast path failing to compile, a training loss
+that became NaN); 130 interrupted (Ctrl-C). Errors print one line, `error: ...`, without a traceback (docs/errors.md has the table).
 """
 from __future__ import annotations
 
@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from tqdm import tqdm
 
 from code import SamplingConfig, is_out_of_memory
 from utils.errors import RunError, UsageError
 
-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", *DTYPES)  # auto: per script, stated in its --help
-
-
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
