@@ -11,6 +11,7 @@ Survivors listed in tools/mutation-equivalent.csv are counted as equivalent, not
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import fnmatch
 import json
@@ -55,6 +56,16 @@ def copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+
+
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the annotations are: with `from __future__ import annotations` they are never evaluated, so a
+    mutant inside one (`str | None` -> `str & None`) is equivalent by construction."""
+    spans = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        notes = [getattr(node, "annotation", None), getattr(node, "returns", None)]
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in notes if a is not None]
+    return spans
 
 
 def changed_lines(diff: str) -> tuple[str, str]:
@@ -103,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # one session per file; every mutant of every file, in a stable order
     population: dict[str, list] = {}
     for file in files:
+        spans = annotation_spans(work / file)
         slug = file.replace("/", "__")
         write_session_config(sessions / f"{slug}.toml", file, "true", 1.0, exclude)
         subprocess.run([COSMIC_RAY, "init", f".mutation/{slug}.toml", f".mutation/{slug}.sqlite"], cwd=work,
@@ -110,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         with use_db(str(sessions / f"{slug}.sqlite"), WorkDB.Mode.open) as db:
             for item in db.pending_work_items:
                 m = item.mutations[0]
-                if not excluded.match(m.operator_name):
+                at = tuple(m.start_pos)
+                if not excluded.match(m.operator_name) and not any(a <= at < b for a, b in spans):
                     population.setdefault(file.split("/")[0], []).append((file, m.operator_name, m.occurrence,
                                                                           item.job_id))
     packages = sorted(population)
     sample: set[str] = set()
-    chosen: dict[str, tuple] = {}
+    chosen: dict[str, tuple] = {}  # the sample, before --only and --recheck
     for i, pkg in enumerate(packages):
         share = args.size // len(packages) + (i < args.size % len(packages))
         items = sorted(population[pkg])
@@ -127,15 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{pkg} {sum(c[0].startswith(pkg + '/') for c in chosen.values())} of {len(population[pkg])}"
         for pkg in packages) + f"; running {len(sample)} in {work}", flush=True)
 
-    python = shlex.quote(sys.executable)
-    for file, tests in files.items():
-        slug = file.replace("/", "__")
-        db_path = str(sessions / f"{slug}.sqlite")
-        with use_db(db_path, WorkDB.Mode.open) as db:
+    todo = []
+    for file in files:
+        with use_db(str(sessions / f"{file.replace('/', '__')}.sqlite"), WorkDB.Mode.open) as db:
             skip = [it.job_id for it in db.pending_work_items if it.job_id not in sample]
             db.set_multiple_results(skip, WorkResult(output="not sampled", worker_outcome=WorkerOutcome.SKIPPED))
-            if db.num_results == db.num_work_items:
-                continue
+            todo += [file] * (db.num_results < db.num_work_items)
+    python = shlex.quote(sys.executable)
+    for file in todo:
+        slug, tests = file.replace("/", "__"), files[file]
         tests = [t for t in tests if t.startswith("-") or (work / t.split("::")[0]).exists()
                  or not t.startswith("tests/")]
         command = cfg["mutation"]["pytest"].replace("python", python, 1) + " " + shlex.join(tests)
@@ -150,13 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{file}: clean run {time.perf_counter() - start:.1f} s, timeout {timeout} s", flush=True)
         subprocess.run([COSMIC_RAY, "exec", f".mutation/{slug}.toml", f".mutation/{slug}.sqlite"], cwd=work,
                        check=True)
-    return report(work, files, chosen, sample)
+    earlier = [] if recheck is None else [m for m in json.loads(args.recheck.read_text())["mutants"]
+                                          if (m["file"], m["operator"], m["occurrence"]) not in recheck]
+    return report(work, files, sample, earlier)
 
 
-def report(work: Path, files: dict, chosen: dict, sample: set) -> int:
+def report(work: Path, files: dict, sample: set, earlier: list[dict]) -> int:
+    """Counts per package; with --recheck, the earlier report's mutants that were not rerun keep their status."""
     equivalent = load_equivalent()
     counts: dict[str, Counter] = {}
     mutants, survivors = [], []
+    for m in earlier:
+        counts.setdefault(m["file"].split("/")[0], Counter())[m["status"]] += 1
+        mutants.append(m)
     for file in files:
         with use_db(str(work / ".mutation" / f"{file.replace('/', '__')}.sqlite"), WorkDB.Mode.open) as db:
             for item, result in db.completed_work_items:
