@@ -23,9 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import threading
 import tomllib
 from collections import Counter
 from pathlib import Path
+from queue import Empty, Queue
 
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the sample is a function of the seed and the source")
     p.add_argument("--only", default="*", help="run only the sampled mutants of files matching this glob")
     p.add_argument("--recheck", type=Path, help="run only the mutants that survived in this earlier report.json")
-    p.add_argument("--workdir", type=Path, help="scratch folder (default: a new temporary one, kept)")
+    p.add_argument("--jobs", type=int, default=1, help="files run in parallel, each in its own copy")
+    p.add_argument("--workdir", type=Path, help="scratch folder (default: a new temporary one, kept); an existing "
+                                                "one resumes its run")
     args = p.parse_args(argv)
     cfg = tomllib.loads(CONFIG.read_text())
     exclude = cfg["cosmic-ray"]["filters"]["operators-filter"]["exclude-operators"]
@@ -116,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     for file in files:
         spans = annotation_spans(work / file)
         slug = file.replace("/", "__")
-        write_session_config(sessions / f"{slug}.toml", file, "true", 1.0, exclude)
-        subprocess.run([COSMIC_RAY, "init", f".mutation/{slug}.toml", f".mutation/{slug}.sqlite"], cwd=work,
-                       check=True)
+        if not (sessions / f"{slug}.sqlite").exists():  # else resume an interrupted run in the same --workdir
+            write_session_config(sessions / f"{slug}.toml", file, "true", 1.0, exclude)
+            subprocess.run([COSMIC_RAY, "init", f".mutation/{slug}.toml", f".mutation/{slug}.sqlite"], cwd=work,
+                           check=True)
         with use_db(str(sessions / f"{slug}.sqlite"), WorkDB.Mode.open) as db:
-            for item in db.pending_work_items:
+            for item in db.work_items:
                 m = item.mutations[0]
                 at = tuple(m.start_pos)
                 if not excluded.match(m.operator_name) and not any(a <= at < b for a, b in spans):
@@ -140,32 +145,59 @@ def main(argv: list[str] | None = None) -> int:
         f"{pkg} {sum(c[0].startswith(pkg + '/') for c in chosen.values())} of {len(population[pkg])}"
         for pkg in packages) + f"; running {len(sample)} in {work}", flush=True)
 
-    todo = []
+    todo, pending = [], {}
     for file in files:
         with use_db(str(sessions / f"{file.replace('/', '__')}.sqlite"), WorkDB.Mode.open) as db:
             skip = [it.job_id for it in db.pending_work_items if it.job_id not in sample]
             db.set_multiple_results(skip, WorkResult(output="not sampled", worker_outcome=WorkerOutcome.SKIPPED))
-            todo += [file] * (db.num_results < db.num_work_items)
-    python = shlex.quote(sys.executable)
-    for file in todo:
-        slug, tests = file.replace("/", "__"), files[file]
-        tests = [t for t in tests if t.startswith("-") or (work / t.split("::")[0]).exists()
-                 or not t.startswith("tests/")]
-        command = cfg["mutation"]["pytest"].replace("python", python, 1) + " " + shlex.join(tests)
-        start = time.perf_counter()
-        clean = subprocess.run(shlex.split(command), cwd=work, capture_output=True, text=True)
-        if clean.returncode != 0:
-            print(clean.stdout[-3000:], clean.stderr[-3000:])
-            sys.exit(f"the tests of {file} fail without a mutant: fix them first ({command})")
-        timeout = round((time.perf_counter() - start) * cfg["mutation"]["timeout_factor"]
-                        + cfg["mutation"]["timeout_extra"], 1)
-        write_session_config(sessions / f"{slug}.toml", file, command, timeout, exclude)
-        print(f"{file}: clean run {time.perf_counter() - start:.1f} s, timeout {timeout} s", flush=True)
-        subprocess.run([COSMIC_RAY, "exec", f".mutation/{slug}.toml", f".mutation/{slug}.sqlite"], cwd=work,
-                       check=True)
+            pending[file] = db.num_work_items - db.num_results
+            todo += [file] * (pending[file] > 0)
+    queue = Queue()
+    for file in sorted(todo, key=lambda f: -pending[f]):  # the longest first
+        queue.put(file)
+    failures: list[str] = []
+
+    def worker(k: int) -> None:
+        copy = work / f".job{k}"  # a copy per worker: a mutant must not leak into another file's tests
+        copy_tree(copy)
+        while not failures:
+            try:
+                file = queue.get_nowait()
+            except Empty:
+                return
+            failure = run_file(file, files[file], cfg, sessions, copy, exclude)
+            if failure:
+                failures.append(failure)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(max(1, min(args.jobs, len(todo))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(failures[0])
     earlier = [] if recheck is None else [m for m in json.loads(args.recheck.read_text())["mutants"]
                                           if (m["file"], m["operator"], m["occurrence"]) not in recheck]
     return report(work, files, sample, earlier)
+
+
+def run_file(file: str, tests: list[str], cfg: dict, sessions: Path, copy: Path, exclude: list[str]) -> str | None:
+    """Check that the file's tests pass unmutated in `copy`, then run its session there; a message on failure."""
+    slug = file.replace("/", "__")
+    tests = [t for t in tests if t.startswith("-") or not t.startswith("tests/") or (copy / t.split("::")[0]).exists()]
+    command = cfg["mutation"]["pytest"].replace("python", shlex.quote(sys.executable), 1) + " " + shlex.join(tests)
+    start = time.perf_counter()
+    clean = subprocess.run(shlex.split(command), cwd=copy, capture_output=True, text=True)
+    if clean.returncode != 0:
+        print(clean.stdout[-3000:], clean.stderr[-3000:])
+        return f"the tests of {file} fail without a mutant: fix them first ({command})"
+    timeout = round((time.perf_counter() - start) * cfg["mutation"]["timeout_factor"]
+                    + cfg["mutation"]["timeout_extra"], 1)
+    write_session_config(sessions / f"{slug}.toml", file, command, timeout, exclude)
+    print(f"{file}: clean run {time.perf_counter() - start:.1f} s, timeout {timeout} s", flush=True)
+    subprocess.run([COSMIC_RAY, "exec", str(sessions / f"{slug}.toml"), str(sessions / f"{slug}.sqlite")], cwd=copy,
+                   check=True)
+    return None
 
 
 def report(work: Path, files: dict, sample: set, earlier: list[dict]) -> int:
