@@ -1,0 +1,27 @@
+"""What the decoding steps accept and report, at the edges the sampling tests do not reach."""
+import pytest
+import torch
+
+from code.editing import box_mask, make_edit
+from code.fast_check import rms_difference
+
+
+@pytest.mark.parametrize("value,ok", [(1.0005, True), (-1.0005, True), (1.01, False), (-1.01, False)])
+def test_an_edit_source_may_overshoot_one_by_rounding_but_not_more(pair, value, ok):
+    vae, _ = pair
+    image = torch.zeros(1, 3, 8, 8)
+    image[0, 0, 0, 0] = value
+    if ok:
+        make_edit(vae, image, box_mask(8, (0, 0, 4, 4)))
+    else:
+        with pytest.raises(ValueError, match=r"image must be in \[-1, 1\]"):
+            make_edit(vae, image, box_mask(8, (0, 0, 4, 4)))
+
+
+def test_pixel_check_is_the_worst_image_rms():
+    a = torch.zeros(2, 3, 2, 2)
+    b = a.clone()
+    b[0] += 3.0  # rms 3 over every pixel of image 0
+    b[1, 0, 0, 0] = 4.0 * 12 ** 0.5  # rms 4 from one pixel of image 1
+    assert rms_difference(a, b) == pytest.approx(4.0)
+    assert rms_difference(b, b) == 0.0
