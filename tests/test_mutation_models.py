@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_VAE, TINY_VAR
 from models import build_vae, build_var
+from models.quant import PhiShared
 from models.var_blocks import DropPath
 
 
@@ -56,3 +57,13 @@ def test_tokenizer_loss_is_codebook_plus_beta_commitment_over_the_scales():
 def test_drop_path_rates_rise_linearly_from_zero_over_the_blocks():
     var = build_var(4, device="meta", drop_path_rate=0.3, **TINY_VAR)
     assert [b.drop_path.p for b in var.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6])
+def test_shared_phis_split_the_scales_evenly(count):
+    """Each of `count` phis serves the scales nearest its tick: equal bins of [0, 1] with ticks at their centres;
+    the published count, 4, spaces VAR's ticks evenly from 1/12 to 11/12 instead."""
+    ticks = PhiShared(2, 0.5, count).ticks
+    expected = [1 / 12 + i * 5 / 18 for i in range(4)] if count == 4 else \
+        [(i + 0.5) / count for i in range(count)]
+    assert list(ticks) == pytest.approx(expected)

@@ -194,6 +194,7 @@ def test_epochs_and_seeds_reorder_the_data():
     s = ShardedBatchSampler(64, 4, 1, 0, 1, seed=0)
     orders = [tuple(s.permutation(e)) for e in range(3)] + [tuple(ShardedBatchSampler(64, 4, 1, 0, 1, 1).permutation(0))]
     assert len(set(orders)) == 4
+    assert sorted(i for i, _ in next(iter(ShardedBatchSampler(8, 8, 1, 0, 1)))) == list(range(8))  # default seed
 
 
 # ---- learning-rate schedule ---------------------------------------------------------------------------
