@@ -2,8 +2,10 @@
 import pytest
 import torch
 
+from code import FastPath, FastPathMismatch
 from code.editing import box_mask, make_edit
 from code.fast_check import rms_difference
+from test_fast_check import PLANTS, decoder, run_batches  # noqa: F401
 
 
 @pytest.mark.parametrize("value,ok", [(1.0005, True), (-1.0005, True), (1.01, False), (-1.01, False)])
@@ -25,3 +27,15 @@ def test_pixel_check_is_the_worst_image_rms():
     b[1, 0, 0, 0] = 4.0 * 12 ** 0.5  # rms 4 from one pixel of image 1
     assert rms_difference(a, b) == pytest.approx(4.0)
     assert rms_difference(b, b) == 0.0
+
+
+@pytest.mark.parametrize("bug,several", [("wrong decoder", False), ("stale inputs", True)])
+def test_a_mismatch_names_the_first_failure_and_counts_the_others(decoder, monkeypatch, bug, several):
+    plant, _, kw = PLANTS[bug]
+    plant(monkeypatch)
+    path = FastPath(decoder)
+    with pytest.raises(FastPathMismatch) as e:
+        run_batches(decoder, path, **kw)
+    failures, message = path.reports[0].failures(), str(e.value)
+    assert (len(failures) > 1) == several and str(failures[0]) in message
+    assert (f"(and {len(failures) - 1} more)" in message) == several and "(and 0 more)" not in message

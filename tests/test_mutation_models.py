@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_VAE, TINY_VAR
 from models import build_vae, build_var
+from models.kv_cache import KVCache
 from models.quant import PhiShared
 from models.var_blocks import DropPath
 
@@ -67,3 +68,12 @@ def test_shared_phis_split_the_scales_evenly(count):
     expected = [1 / 12 + i * 5 / 18 for i in range(4)] if count == 4 else \
         [(i + 0.5) / count for i in range(count)]
     assert list(ticks) == pytest.approx(expected)
+
+
+def test_a_cache_over_given_tensors_needs_keys_and_values_alike():
+    k = torch.zeros(2, 3, 5, 4)
+    cache = KVCache.over(k, torch.ones_like(k))
+    assert cache.k is k and cache.length == 5
+    for v in (torch.zeros(2, 3, 6, 4), k.double(), torch.zeros(2, 3, 5)):
+        with pytest.raises(ValueError, match="must match"):
+            KVCache.over(k if v.ndim == 4 else v, v)
