@@ -71,9 +71,15 @@ def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]
 
 
 def changed_lines(diff: str) -> tuple[str, str]:
-    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
-    return (" ".join(ln[1:].strip() for ln in lines if ln[0] == "-"),
-            " ".join(ln[1:].strip() for ln in lines if ln[0] == "+"))
+    """The removed and the added lines of a diff, each joined; a pure removal (a decorator) gets the line after it
+    on both sides, so that the key says which one was removed."""
+    body = [ln for ln in diff.splitlines() if ln[:1] in " +-" and ln[:3] not in ("+++", "---")]
+    side = {sign: " ".join(ln[1:].strip() for ln in body if ln[0] == sign and ln[1:].strip()) for sign in "-+"}
+    if not side["+"]:
+        last = max(i for i, ln in enumerate(body) if ln[0] == "-")
+        after = next((ln[1:].strip() for ln in body[last + 1:] if ln[1:].strip()), "")
+        side = {"-": f"{side['-']} {after}".strip(), "+": after}
+    return side["-"], side["+"]
 
 
 def load_equivalent() -> set[tuple[str, str, str]]:
