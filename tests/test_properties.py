@@ -20,6 +20,8 @@ settings.load_profile("fast")
 patch_nums_st = st.lists(st.integers(1, 7), min_size=1, max_size=5, unique=True).map(sorted).map(tuple)
 # small integer logits: ties are common, and every sum is exact in float64
 logits_st = st.lists(st.integers(-6, 6), min_size=1, max_size=12).map(lambda v: torch.tensor([[v]], dtype=torch.float64))
+distinct_logits_st = st.lists(st.integers(-6, 6), min_size=2, max_size=12, unique=True).map(
+    lambda v: torch.tensor([[v]], dtype=torch.float64))  # a temperature shows in the ratios of distinct logits
 
 
 # ---- token pyramid ------------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def test_top_p_applies_to_what_top_k_kept(logits, k, top_p):
     assert torch.equal(both, filter_top_k_top_p_(filter_top_k_top_p_(logits.clone(), k, 1.0), 0, top_p))
 
 
-@given(logits_st, st.integers(0, 6), st.sampled_from([0.4, 1.0]), st.sampled_from([0.5, 1.0, 2.5]))
+@given(distinct_logits_st, st.integers(0, 6), st.sampled_from([0.4, 1.0]), st.sampled_from([0.5, 1.0, 2.5]))
 def test_filtered_probs_are_a_tempered_softmax_over_the_kept_tokens(logits, k, top_p, temperature):
     kept = torch.isfinite(filter_top_k_top_p_(logits.clone(), k, top_p))
     probs = filtered_probs(logits.clone(), k, top_p, temperature)
