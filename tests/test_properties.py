@@ -19,7 +19,8 @@ settings.load_profile("fast")
 
 patch_nums_st = st.lists(st.integers(1, 7), min_size=1, max_size=5, unique=True).map(sorted).map(tuple)
 # small integer logits: ties are common, and every sum is exact in float64
-logits_st = st.lists(st.integers(-6, 6), min_size=1, max_size=12).map(lambda v: torch.tensor([[v]], dtype=torch.float64))
+logits_st = st.lists(st.integers(-6, 6), min_size=1, max_size=12).map(
+    lambda v: torch.tensor([[v]], dtype=torch.float64))
 distinct_logits_st = st.lists(st.integers(-6, 6), min_size=2, max_size=12, unique=True).map(
     lambda v: torch.tensor([[v]], dtype=torch.float64))  # a temperature shows in the ratios of distinct logits
 
@@ -45,7 +46,8 @@ def test_a_token_sees_exactly_its_own_and_earlier_scales(patch_nums):
 
 @given(st.lists(st.integers(-2, 8), max_size=5))
 def test_patch_nums_are_accepted_iff_positive_and_strictly_increasing(patch_nums):
-    ok = len(patch_nums) > 0 and all(p >= 1 for p in patch_nums) and all(a < b for a, b in zip(patch_nums, patch_nums[1:]))
+    increasing = all(a < b for a, b in zip(patch_nums, patch_nums[1:]))
+    ok = len(patch_nums) > 0 and all(p >= 1 for p in patch_nums) and increasing
     if ok:
         check_patch_nums(tuple(patch_nums))
     else:
@@ -110,7 +112,8 @@ def test_guidance_rises_linearly_from_nothing_to_cfg(num_scales, cfg):
 
 
 @given(st.sampled_from(["cfg", "top_k", "top_p", "temperature"]),
-       st.one_of(st.integers(-3, 3), st.sampled_from([-1.0, -0.5, 0.0, 1e-5, 1e-4, 0.5, 1.0, 1.5, 100.0, 100.5, 1e4, 2e4])))
+       st.one_of(st.integers(-3, 3),
+                 st.sampled_from([-1.0, -0.5, 0.0, 1e-5, 1e-4, 0.5, 1.0, 1.5, 100.0, 100.5, 1e4, 2e4])))
 def test_sampling_settings_are_accepted_iff_in_range(name, value):
     ok = {"cfg": 0 <= value <= 100, "top_k": int(value) == value and value >= 0, "top_p": 0 < value <= 1,
           "temperature": 1e-4 <= value <= 1e4}[name]
@@ -194,7 +197,8 @@ def test_a_resumed_stream_continues_the_uninterrupted_one(case):
 
 def test_epochs_and_seeds_reorder_the_data():
     s = ShardedBatchSampler(64, 4, 1, 0, 1, seed=0)
-    orders = [tuple(s.permutation(e)) for e in range(3)] + [tuple(ShardedBatchSampler(64, 4, 1, 0, 1, 1).permutation(0))]
+    orders = [tuple(s.permutation(e)) for e in range(3)]
+    orders.append(tuple(ShardedBatchSampler(64, 4, 1, 0, 1, seed=1).permutation(0)))
     assert len(set(orders)) == 4
     assert sorted(i for i, _ in next(iter(ShardedBatchSampler(8, 8, 1, 0, 1)))) == list(range(8))  # default seed
 
