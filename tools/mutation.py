@@ -29,8 +29,11 @@ from collections import Counter
 from pathlib import Path
 from queue import Empty, Queue
 
-from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+try:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+except ImportError:
+    sys.exit("tools/mutation.py needs cosmic-ray: pip install -r requirements-dev.txt")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tools" / "mutation.toml"
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a new temporary one, kept); an existing "
                                                 "one resumes its run")
     args = p.parse_args(argv)
+    if args.size < 1 or args.jobs < 1:
+        p.error("--size and --jobs must be at least 1")
+    if args.recheck and not args.recheck.is_file():
+        p.error(f"--recheck {args.recheck}: no such report (it is <workdir>/report.json of an earlier run)")
     cfg = tomllib.loads(CONFIG.read_text())
     exclude = cfg["cosmic-ray"]["filters"]["operators-filter"]["exclude-operators"]
     excluded = re.compile("|".join(f"(?:{e})" for e in exclude))
@@ -147,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             if fnmatch.fnmatch(it[0], args.only) and (recheck is None or it[:3] in recheck):
                 sample.add(it[3])
             chosen[it[3]] = it
+    lost = len(recheck or ()) - len(sample)
+    if lost > 0:
+        print(f"{lost} survivors of {args.recheck} are not in this sample: the source changed since that run")
     print(f"sample: seed {args.seed}, " + ", ".join(
         f"{pkg} {sum(c[0].startswith(pkg + '/') for c in chosen.values())} of {len(population[pkg])}"
         for pkg in packages) + f"; running {len(sample)} in {work}", flush=True)
