@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             if fnmatch.fnmatch(it[0], args.only) and (recheck is None or it[:3] in recheck):
                 sample.add(it[3])
             chosen[it[3]] = it
-    lost = len(recheck or ()) - len(sample)
+    lost = len((recheck or set()) - {c[:3] for c in chosen.values()})
     if lost > 0:
         print(f"{lost} survivors of {args.recheck} are not in this sample: the source changed since that run")
     print(f"sample: seed {args.seed}, " + ", ".join(
