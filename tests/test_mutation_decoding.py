@@ -5,6 +5,7 @@ import torch
 from code import FastPath, FastPathMismatch
 from code.editing import box_mask, make_edit
 from code.fast_check import rms_difference
+from code.sampling import fill_noise_, sample_tokens
 from test_fast_check import PLANTS, decoder, run_batches  # noqa: F401
 
 
@@ -39,3 +40,16 @@ def test_a_mismatch_names_the_first_failure_and_counts_the_others(decoder, monke
     failures, message = path.reports[0].failures(), str(e.value)
     assert (len(failures) > 1) == several and str(failures[0]) in message
     assert (f"(and {len(failures) - 1} more)" in message) == several and "(and 0 more)" not in message
+
+
+@pytest.mark.parametrize("batch", [2, 300])  # 300: past the small integers Python keeps one object of
+def test_one_generator_per_image_exactly(batch):
+    logits = torch.zeros(batch, 1, 3)
+    gens = [torch.Generator().manual_seed(i) for i in range(batch + 1)]
+    assert sample_tokens(logits.clone(), 0, 1.0, generator=gens[:batch]).shape == (batch, 1)
+    assert fill_noise_(torch.empty(batch, 1, 3), gens[:batch]).min() > 0
+    for wrong in (gens[:batch - 1], gens):
+        with pytest.raises(ValueError, match=f"got {len(wrong)} generators for a batch of {batch}"):
+            sample_tokens(logits.clone(), 0, 1.0, generator=wrong)
+        with pytest.raises(ValueError, match=f"got {len(wrong)} generators for a batch of {batch}"):
+            fill_noise_(torch.empty(batch, 1, 3), wrong)
