@@ -1,10 +1,13 @@
 """What the decoding steps accept and report, at the edges the sampling tests do not reach."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from code import FastPath, FastPathMismatch
 from code.editing import box_mask, make_edit
 from code.fast_check import rms_difference
+from code.loop import precision
 from code.sampling import fill_noise_, sample_tokens
 from test_fast_check import PLANTS, decoder, run_batches  # noqa: F401
 
@@ -53,3 +56,14 @@ def test_one_generator_per_image_exactly(batch):
             sample_tokens(logits.clone(), 0, 1.0, generator=wrong)
         with pytest.raises(ValueError, match=f"got {len(wrong)} generators for a batch of {batch}"):
             fill_noise_(torch.empty(batch, 1, 3), wrong)
+
+
+def test_reduced_weights_run_under_their_autocast_and_two_reduced_dtypes_are_refused():
+    def model(dtype):
+        return SimpleNamespace(head=SimpleNamespace(weight=torch.zeros(1, dtype=dtype)))
+    cpu = torch.device("cpu")
+    assert not isinstance(precision([model(torch.float32)], cpu), torch.autocast)
+    ctx = precision([model(torch.bfloat16), model(torch.float32)], cpu)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="mix"):
+        precision([model(torch.bfloat16), model(torch.float16)], cpu)

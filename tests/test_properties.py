@@ -7,6 +7,7 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 
 from code.editing import box_mask, token_masks
+from code.loop import cache_length
 from code.sampling import SamplingConfig, cfg_mix, filter_top_k_top_p_, filtered_probs
 from models.scales import block_causal_bias, check_patch_nums, scale_ids, token_offsets
 from training.data import DataError
@@ -42,6 +43,14 @@ def test_a_token_sees_exactly_its_own_and_earlier_scales(patch_nums):
     assert bias.shape == (1, 1, len(ids), len(ids))
     allowed = torch.tensor([[ids[j] <= ids[i] for j in range(len(ids))] for i in range(len(ids))])
     assert torch.equal(bias[0, 0] == 0, allowed) and torch.isneginf(bias[0, 0][~allowed]).all()
+
+
+@given(patch_nums_st, st.data())
+def test_a_model_caches_every_scale_it_runs_but_the_last(patch_nums, data):
+    offsets = token_offsets(patch_nums)
+    start = data.draw(st.integers(0, len(patch_nums) - 1))
+    stop = data.draw(st.integers(start + 1, len(patch_nums)))
+    assert cache_length(offsets, start, stop) == (offsets[stop - 1] if stop - start > 1 else 0)
 
 
 @given(st.lists(st.integers(-2, 8), max_size=5))
