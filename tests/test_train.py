@@ -1,6 +1,7 @@
 """train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
 import importlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -334,6 +335,7 @@ def test_an_unreadable_training_image_stops_the_run_with_its_name(assets, tmp_pa
     bad.write_bytes(bad.read_bytes()[:100] if damage == "truncated" else b"not an image at all\n")
     argv = args_for(assets, tmp_path / "out", "--max_steps", "3", "--num_workers", workers, data=data)
     assert run(train_drafter, argv) == 2
+    assert not multiprocessing.active_children()  # the loader's worker stopped with the run, not at a later gc
     err = capsys.readouterr().err
     assert f"error: {bad} cannot be read as an image" in err and "replace it with a readable image" in err
     assert "Traceback" not in err and err.count("error: ") == 1

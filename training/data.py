@@ -103,7 +103,10 @@ def checked(batches: Iterable) -> Iterator[tuple]:
     """The collated batches of a DataLoader over an ImageFolder; raises the DataError of an unreadable image."""
     for batch in batches:
         if isinstance(batch, DataError):
-            raise batch
+            try:
+                raise batch
+            finally:  # the error's traceback holds this frame: no cycle, so the loader's workers stop at once
+                del batch
         yield batch
 
 
