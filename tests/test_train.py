@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -243,13 +244,19 @@ def test_a_cuda_index_beyond_the_machines_devices_is_refused(assets, tmp_path, c
     assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA devices (cuda:0..cuda:1)\n"
 
 
-def test_cli_exit_code_and_message(assets, tmp_path):
-    proc = subprocess.run([sys.executable, "train_drafter.py", *args_for(assets, tmp_path, data="nowhere")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
-    help_text = subprocess.run([sys.executable, "train_refiner.py", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120).stdout
-    assert "KL(teacher || student)" in help_text and "lr x global_batch / 256" in help_text
+def test_cli_exit_code_and_message(assets, tmp_path, capsys, monkeypatch):
+    """The scripts' __main__ blocks, run as `python train_drafter.py ...` runs them (a fresh interpreter running
+    every script is tests/test_scripts.py's)."""
+    def main(script, *argv):
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        return e.value.code, capsys.readouterr()
+
+    code, out = main("train_drafter.py", *args_for(assets, tmp_path, data="nowhere"))
+    assert code == 2 and "nowhere" in out.err and "Traceback" not in out.err
+    code, out = main("train_refiner.py", "--help")
+    assert code == 0 and "KL(teacher || student)" in out.out and "lr x global_batch / 256" in out.out
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, monkeypatch, capsys):
