@@ -304,12 +304,11 @@ def compiled_matches_eager(decoder, backend):
 
 def test_compiled_steps_match_eager_and_share_one_block(chain):
     vae, _, refiner = chain
-    deeper, shallow = tiny_var_like(vae, depth=4, seed=3), tiny_var_like(vae, depth=1, seed=3)
+    deeper = tiny_var_like(vae, depth=4, seed=3)
     # four passes (drafter scales 0, 1; refiner prefill 0..2, then 3), each (blocks, head, sampler) specialised
-    # once: the drafter's 4 blocks share one compiled block per pass, so the count does not grow with depth
+    # once: the drafter's 4 blocks share one compiled block per pass, so the count is that of a 1-block drafter
     graphs = compiled_matches_eager(CollaborativeDecoder(vae, [deeper, refiner], [2]), "aot_eager")
     if TORCH >= (2, 13):  # torch 2.4's Dynamo compiles some blocks apart (18 graphs): the same tokens, more compiling
-        assert graphs == compiled_matches_eager(CollaborativeDecoder(vae, [shallow, refiner], [2]), "aot_eager")
         assert graphs == 4 * 3 + 1  # + the VQVAE decoder, which the run-time check decodes a chunk with
 
 
