@@ -1,6 +1,7 @@
 """infer_original.py and infer_CoDe.py end to end on tiny models: flags reach the library, errors are clear."""
 import os
 import re
+import runpy
 import subprocess
 import sys
 
@@ -328,11 +329,16 @@ def test_every_script_runs_from_a_fresh_interpreter_and_prints_its_help():
 
 
 @pytest.mark.slow
-def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path):
+def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path, capsys, monkeypatch):
     r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2",
                                             "--output", str(tmp_path / "b.png")))
     assert r.returncode == 0 and read_png(tmp_path / "b.png").shape == (8, 16, 3), r.stderr
     assert "latency with the VQVAE decoder" in r.stdout
-    r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "12", "--output",
-                                            str(tmp_path / "c.png")))
-    assert r.returncode == 2 and r.stderr.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)")
+    # the failure through the script's __main__ block, in-process (workers of a real torchrun exit 2 too:
+    # tests/test_first_use.py)
+    monkeypatch.setattr(sys, "argv", ["infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels",
+                                                                   "12", "--output", str(tmp_path / "c.png"))])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "infer_CoDe.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)"), err
