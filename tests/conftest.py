@@ -90,3 +90,10 @@ def offline_hf_cache(tmp_path, monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: launches interpreters or trains; run by CI, skip with -m 'not slow'")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`-n`), the slow tests are handed out first, so that none of them starts last and runs
+    alone while the other workers idle. A plain run keeps the file order (and each module fixture built once)."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -14,4 +14,4 @@ def test_readme_api_example_runs():
 def test_readme_names_the_test_command_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python -m pytest -q tests" in readme and "python -m pytest -q tests" in ci
+    assert "python -m pytest -q -n 2 tests" in readme and "python -m pytest -q -n 2 tests" in ci

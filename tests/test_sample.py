@@ -166,6 +166,7 @@ def test_resume_after_an_interruption_gives_the_same_npz(reference, small_ckpts,
     assert pngs(tmp_path) == NAMES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("png", [True, False])
 def test_a_kill_while_writing_resumes_to_the_same_npz(reference, small_ckpts, tmp_path, png):
     """A real SIGKILL of a running process, then the same command again."""
@@ -335,6 +336,7 @@ def test_published_names_and_draft_steps(hub, tmp_path):
     assert np.array_equal(arr[1], to_uint8(image, "truncate")[0])
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_give_the_same_npz(reference, small_ckpts, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
