@@ -25,7 +25,9 @@ EPILOG = """conventions:
                   rerun with --resume auto (deleting it would change the data order: a resume refuses that).
   exit status     0 done; 1 the loss became NaN/inf (the last good checkpoint is kept); 2 unusable data,
                   checkpoints or flags.
-  multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard)."""
+  multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard).
+                  --shard fsdp shards the model instead (FSDP2): the checkpoint becomes the folder
+                  OUTPUT_DIR/ckpt_last.dcp, resumable with any number of processes."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ def training_parser(description: str, d: Defaults) -> argparse.ArgumentParser:
     a("--log_every", type=positive_int, default=d.log_every, help="optimizer steps between log lines "
                                                                    "(default %(default)s)")
     a("--eval_every", type=nonneg_int, default=0, help="optimizer steps between losses on DATA_PATH/val (0: never)")
+    a("--shard", choices=("none", "fsdp"), default="none",
+      help="fsdp: shard weights, gradients and AdamW state over the processes (FSDP2, VAR models; see "
+           "docs/sharded-training.md)")
     p.set_defaults(default_global_batch=d.global_batch)
     return p
 
@@ -129,7 +134,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      grad_accum=args.grad_accum, global_batch=args.global_batch,
                      default_global_batch=args.default_global_batch, hflip=args.hflip, dtype=args.dtype,
                      device=args.device, seed=args.seed, num_workers=args.num_workers, threads=args.threads,
-                     save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every)
+                     save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every,
+                     shard=args.shard)
 
 
 # ---- CoDe fine-tuning (train_drafter.py, train_refiner.py) ------------------------------------------------------

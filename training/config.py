@@ -43,6 +43,7 @@ class RunConfig:
     save_every: int = 1000
     log_every: int = 50
     eval_every: int = 0
+    shard: str = "none"  # or "fsdp": FSDP2 over the ranks, sharded checkpoints
 
     def recipe(self) -> dict:
         """The settings that fix the data order, the schedules and the numerics: a resumed run repeats them."""

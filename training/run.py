@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from models import VAR
 from utils.checkpoint import CheckpointError
 from utils.dist import DistInfo, barrier, cleanup, init_distributed
 from utils.files import remove_temp_files
@@ -26,7 +27,10 @@ from .log import MetricLog, log, setup_logging
 from .loop import LoopSettings, NonFiniteLoss, StepFn, Trainer
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .sampler import ShardedBatchSampler
-from .state import CKPT_NAME, check_recipe, load_checkpoint, save_checkpoint, set_rng_state
+from .shard import (SHARDED_NAME, check_shard, ensure_process_group, export_full_state_dict, is_sharded,
+                    load_sharded, mp_policy, quiet_view_warning, read_meta, save_sharded, sharded_checkpoint,
+                    unsharded_var, wrap_fsdp)
+from .state import CKPT_NAME, check_recipe, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass
@@ -57,13 +61,13 @@ def run(config: RunConfig, make_job: MakeJob) -> int:
         return 0
     except NonFiniteLoss as e:
         log.error("error: %s. Stopping without saving; the last good checkpoint (if any) is %s", e,
-                  config.output_dir / CKPT_NAME)
+                  last_checkpoint(config))
         return 1
     except (DataError, CheckpointError, ConfigError, FileNotFoundError, NotADirectoryError) as e:
         log.error("error: %s", worker_message(e))
         return 2
     except OSError as e:  # a write that failed: full disk, permissions
-        log.error("error: %s (the last checkpoint written, if any, is %s)", e, config.output_dir / CKPT_NAME)
+        log.error("error: %s (the last checkpoint written, if any, is %s)", e, last_checkpoint(config))
         return 1
     finally:
         cleanup()
@@ -79,17 +83,33 @@ def worker_message(e: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+def last_checkpoint(config: RunConfig) -> Path:
+    return config.output_dir / (SHARDED_NAME if config.shard == "fsdp" else CKPT_NAME)
+
+
 def read_resume(config: RunConfig) -> tuple[dict | None, Path | None]:
-    """The checkpoint to continue from, if any. A fresh run does not overwrite another run's checkpoint."""
-    last = config.output_dir / CKPT_NAME
+    """The checkpoint to continue from, if any (of a sharded one, its metadata: the tensors stay on disk). A fresh
+    run does not overwrite another run's checkpoint; a sharded checkpoint continues sharded, an unsharded one not."""
+    sharded = config.shard == "fsdp"
+    plain = config.output_dir / CKPT_NAME
+    found = {"none": plain if plain.is_file() else None, "fsdp": sharded_checkpoint(config.output_dir / SHARDED_NAME)}
     if config.resume == "auto":
-        return (load_checkpoint(last), last) if last.is_file() else (None, None)
-    if config.resume:
-        return load_checkpoint(config.resume), Path(config.resume)
-    if last.is_file():
-        raise ConfigError(f"{config.output_dir} holds the checkpoint of another run ({last}): continue it with "
-                          "--resume auto, or start this one in another --output_dir")
-    return None, None
+        path = found[config.shard] or found["none" if sharded else "fsdp"]
+        if path is None:
+            return None, None
+    elif config.resume:
+        path = Path(config.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"--resume checkpoint {path} does not exist")
+    elif found["none"] or found["fsdp"]:
+        raise ConfigError(f"{config.output_dir} holds the checkpoint of another run ({found['none'] or found['fsdp']}"
+                          "): continue it with --resume auto, or start this one in another --output_dir")
+    else:
+        return None, None
+    if path.is_dir() != sharded:
+        raise ConfigError(f"{path} is {'a sharded' if path.is_dir() else 'an unsharded'} checkpoint: continue it "
+                          f"{'with' if path.is_dir() else 'without'} --shard fsdp")
+    return (read_meta(path) if sharded else load_checkpoint(path)), path
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -124,12 +144,24 @@ def val_loader(config: RunConfig, image_size: int, info: DistInfo):
 
 
 def restore(job: Job, ckpt: dict, path: Path, recipe: dict) -> None:
-    """Check that the checkpoint continues this run, then load its weights into the job's model."""
+    """Check that the checkpoint continues this run, then load its weights into the job's model (a sharded
+    checkpoint's weights are loaded after wrapping)."""
     check_recipe(ckpt["recipe"], recipe, path)
     if ckpt["config"] != job.model.config.to_dict():
         raise CheckpointError(f"{path} holds another model ({ckpt['config']}, not {job.model.config.to_dict()}); "
                               "pass the flags of the run that wrote it")
-    job.model.load_state_dict(ckpt["model"], strict=True, assign=True)
+    if "model" in ckpt:
+        job.model.load_state_dict(ckpt["model"], strict=True, assign=True)
+
+
+def shard_model(job: Job, info: DistInfo) -> nn.Module:
+    """FSDP2 over the ranks; a model built on the meta device (for a sharded checkpoint to fill) gets its shards
+    allocated on the device."""
+    if not isinstance(job.model, VAR) or job.module is not None:
+        raise ConfigError(f"--shard fsdp shards VAR models; train the {job.name} without it")
+    on_meta = job.model.pos_1LC.device.type == "meta"
+    model = wrap_fsdp(job.model if on_meta else job.model.to(info.device), mp_policy(), info.device)
+    return model.to_empty(device=info.device) if on_meta else model
 
 
 def ddp(module: nn.Module, info: DistInfo) -> DDP:
@@ -148,6 +180,11 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
     if info.is_main and (stale := remove_temp_files(out)):
         log.info("removed %d temporary files an interrupted run left in %s: %s", len(stale), out,
                  ", ".join(p.name for p in stale))
+    dtype = autocast_dtype(config.dtype, info.device)
+    check_shard(config.shard, dtype)
+    if config.shard == "fsdp":
+        ensure_process_group(info)
+        quiet_view_warning()
     ckpt, ckpt_path = read_resume(config)
     torch.manual_seed(config.seed)  # a fresh model's initialisation
     job = make_job(config, info, ckpt)
@@ -165,14 +202,19 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
     if ckpt:
         restore(job, ckpt, ckpt_path, recipe)
         log.info("resuming from %s at step %d (epoch %d)", ckpt_path, start, ckpt["epoch"])
-    model = job.model.to(info.device).train()
-    module = (job.module or model).to(info.device)
-    wrapped = ddp(module, info) if info.world_size > 1 else module
+    if config.shard == "fsdp":
+        model = module = wrapped = shard_model(job, info).train()
+    else:
+        model = job.model.to(info.device).train()
+        module = (job.module or model).to(info.device)
+        wrapped = ddp(module, info) if info.world_size > 1 else module
     peak = scaled_lr(config.optim.lr, global_batch)
     optimizer = build_optimizer(model, peak, config.optim.wd)
-    dtype = autocast_dtype(config.dtype, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if dtype == torch.float16 else None
-    if ckpt:
+    if ckpt and is_sharded(model):
+        load_sharded(ckpt_path, model, optimizer)
+        set_rng_state(ckpt["rng"])
+    elif ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None:
             scaler.load_state_dict(ckpt["scaler"])
@@ -188,7 +230,13 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
              dtype or torch.float32)
 
     def save(step: int) -> None:
-        if info.is_main:
+        if is_sharded(model):
+            position = sampler.position(step).to_dict()
+            save_sharded(out / SHARDED_NAME, model, optimizer, {
+                "step": step, "epoch": position["epoch"], "data": position, "rng": rng_state(),
+                "config": model.config.to_dict(), "recipe": recipe, "role": job.name})
+            log.info("saved %s at step %d", out / SHARDED_NAME, step)
+        elif info.is_main:
             save_checkpoint(out / CKPT_NAME, model=model, optimizer=optimizer, scaler=scaler, step=step,
                             data=sampler.position(step).to_dict(), recipe=recipe, extra={"role": job.name})
             log.info("saved %s at step %d", out / CKPT_NAME, step)
@@ -201,9 +249,17 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
         metrics = MetricLog(info, out, total, sampler.steps_per_epoch, start)
         fit(trainer, iter(loader), start, end, config, save, val_loader(config, job.image_size, info), module,
             metrics, global_batch)
-    if end == total and info.is_main:
-        log.info("exported %s", job.export(model.eval(), out))
+    if end == total:
+        export(job, model, out, info)
     barrier()
+
+
+def export(job: Job, model: nn.Module, out: Path, info: DistInfo) -> None:
+    """The job's export on rank 0; a sharded model is first gathered (on every rank) into a plain one."""
+    full = export_full_state_dict(model) if is_sharded(model) else None
+    if info.is_main:
+        plain = unsharded_var(model.config, full) if full is not None else model
+        log.info("exported %s", job.export(plain.eval(), out))
 
 
 def fit(trainer: Trainer, batches, start: int, end: int, config: RunConfig, save: Callable[[int], None], val,

@@ -59,16 +59,17 @@ def ensure_process_group(info: DistInfo) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
-def mp_policy(autocast_dtype: torch.dtype | None) -> MixedPrecisionPolicy:
-    """Weights gathered in the autocast dtype (what autocast feeds the matmuls anyway), gradients reduced in fp32;
-    the sharded weights and AdamW state stay fp32. Block inputs keep their dtype (the residual stream stays fp32,
-    as in the unsharded run)."""
-    return MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+def mp_policy() -> MixedPrecisionPolicy:
+    """Mixed precision as the unsharded run has it: weights gathered in fp32 and cast by autocast inside the matmuls,
+    gradients reduced in fp32, block inputs left as they are (the residual stream stays fp32). Gathering in bf16
+    would halve the traffic but also round what autocast keeps in fp32 (the attention's temperature, the embeddings);
+    see docs/sharded-training.md for what that changed."""
+    return MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
 def wrap_fsdp(model: VAR, policy: MixedPrecisionPolicy, device: torch.device) -> VAR:
-    """Shard each block, then the rest (embeddings, head) as the root; returns the same module, now an FSDPModule.
-    The model may be on the meta device (then `to_empty` it and load a checkpoint)."""
+    """Shard each block, then the rest (embeddings, position tables, head) as the root; returns the same module,
+    now an FSDPModule. The model may be on the meta device (then `to_empty` it and load a checkpoint)."""
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
