@@ -86,9 +86,9 @@ def sharded_var(meta_device: bool) -> tuple[VAR, torch.optim.Optimizer]:
         config = fresh_var().config
         with torch.device("meta"):
             model = no_drop_path(VAR(config))
-        model = wrap_fsdp(model, mp_policy(None), CPU).to_empty(device=CPU)
+        model = wrap_fsdp(model, mp_policy(), CPU).to_empty(device=CPU)
     else:
-        model = wrap_fsdp(fresh_var(), mp_policy(None), CPU)
+        model = wrap_fsdp(fresh_var(), mp_policy(), CPU)
     return model, build_optimizer(model, LR, 0.05)
 
 
