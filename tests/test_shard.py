@@ -19,7 +19,8 @@ from training.config import ConfigError
 from training.loop import LoopSettings, Trainer
 from training.optim import LRSchedule, build_optimizer
 from training.shard import (META_NAME, check_shard, ensure_process_group, export_full_state_dict, load_sharded,
-                            mp_policy, quiet_view_warning, read_meta, save_sharded, unsharded_var, wrap_fsdp)
+                            mp_policy, quiet_view_warning, read_meta, save_sharded, sharded_checkpoint, unsharded_var,
+                            wrap_fsdp)
 from training.state import export_weights
 from utils.checkpoint import CheckpointError
 from utils.dist import DistInfo
@@ -213,6 +214,16 @@ def test_a_folder_that_is_not_a_sharded_checkpoint_is_refused(tmp_path):
     torch.save({"step": 1}, tmp_path / META_NAME)
     with pytest.raises(CheckpointError, match="lacks config, recipe, data, param_groups, world_size"):
         read_meta(tmp_path)
+
+
+def test_a_save_killed_between_its_renames_leaves_the_previous_checkpoint_found(tmp_path):
+    assert sharded_checkpoint(tmp_path / "ckpt") is None
+    (tmp_path / "ckpt.old").mkdir()
+    torch.save({"step": 1}, tmp_path / "ckpt.old" / META_NAME)
+    assert sharded_checkpoint(tmp_path / "ckpt") == tmp_path / "ckpt.old"
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"step": 2}, tmp_path / "ckpt" / META_NAME)
+    assert sharded_checkpoint(tmp_path / "ckpt") == tmp_path / "ckpt"
 
 
 class Planted:

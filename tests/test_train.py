@@ -211,7 +211,8 @@ def test_sharded_two_processes_match_one_process_and_resume_with_one(assets, tmp
     assert f"{tmp_path / 'split' / 'ckpt_last.dcp'} is a sharded checkpoint: continue it with --shard fsdp" in \
         capsys.readouterr().err
     assert run(train_drafter, argv("split", "--shard", "fsdp", "--resume", "auto")) == 0
-    assert "(1/GPU x 4 accum x 1 GPUs)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(1/GPU x 4 accum x 1 GPUs)" in err and "written by 2 processes; resharded for 1" in err
     split = weights(tmp_path / "split" / f"drafter_{N}.pth")
     for k, v in two.items():
         if v.is_floating_point() and k != "attn_bias_for_masking":

@@ -202,6 +202,8 @@ def train(config: RunConfig, make_job: MakeJob, info: DistInfo) -> None:
     if ckpt:
         restore(job, ckpt, ckpt_path, recipe)
         log.info("resuming from %s at step %d (epoch %d)", ckpt_path, start, ckpt["epoch"])
+        if ckpt.get("world_size", info.world_size) != info.world_size:
+            log.info("it was written by %d processes; resharded for %d", ckpt["world_size"], info.world_size)
     if config.shard == "fsdp":
         model = module = wrapped = shard_model(job, info).train()
     else:
