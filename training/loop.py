@@ -19,6 +19,7 @@ import torch.nn as nn
 from utils.dist import DistInfo
 
 from .optim import LRSchedule, set_lr
+from .shard import is_sharded
 from .state import reseed
 
 
@@ -94,6 +95,7 @@ class Trainer:
         model.eval()
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), dtype=torch.float64, device=self.info.device)
+        batch, extra = None, missing_passes(model, len(loader), self.info.device)
         for collated in loader:
             batch = self.prepare(collated)
             with self.autocast():
@@ -102,9 +104,22 @@ class Trainer:
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0) + v.double() * n
             count += n
+        for _ in range(extra):  # discarded: the other ranks' passes need this rank's shards
+            with self.autocast():
+                self.step_fn(model, batch, step, self.settings.total_steps)
         totals = reduce_over_ranks({"count": count, **sums}, self.info.device, mean=False)
         count = max(totals.pop("count"), 1.0)
         return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+def missing_passes(model: nn.Module, passes: int, device: torch.device) -> int:
+    """A sharded model's forward pass gathers weights from every rank, so all ranks must run as many: how many
+    more this rank needs to match the rank with the most validation batches (0 for an unsharded model)."""
+    if not is_sharded(model):
+        return 0
+    most = torch.tensor(passes, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most) - passes
 
 
 def reduce_over_ranks(values: dict[str, torch.Tensor], device: torch.device, mean: bool = True) -> dict[str, float]:
