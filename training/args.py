@@ -9,6 +9,7 @@ from pathlib import Path
 from utils.hub import VAE_FILE
 
 from .config import DistillConfig, FinetuneConfig, OptimConfig, RunConfig
+from .shard import SHARD_CHOICES
 
 EPILOG = """conventions:
   learning rate   --lr is the base rate per 256 images; the peak rate is lr x global_batch / 256
@@ -104,7 +105,7 @@ def training_parser(description: str, d: Defaults) -> argparse.ArgumentParser:
     a("--log_every", type=positive_int, default=d.log_every, help="optimizer steps between log lines "
                                                                    "(default %(default)s)")
     a("--eval_every", type=nonneg_int, default=0, help="optimizer steps between losses on DATA_PATH/val (0: never)")
-    a("--shard", choices=("none", "fsdp"), default="none",
+    a("--shard", choices=SHARD_CHOICES, default="none",
       help="fsdp: shard weights, gradients and AdamW state over the processes (FSDP2, VAR models; see "
            "docs/sharded-training.md)")
     p.set_defaults(default_global_batch=d.global_batch)

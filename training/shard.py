@@ -29,7 +29,6 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from models import VAR, VARConfig
 from utils.checkpoint import CheckpointError, atomic_save, load_weights_only
@@ -84,11 +83,6 @@ def is_sharded(model: nn.Module) -> bool:
 def quiet_view_warning() -> None:
     """FSDP2 warns that the logits are a view (in-place ops on them would skip its hook); no caller modifies them."""
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-
-
-def scalar(value: torch.Tensor) -> float:
-    """A (possibly DTensor) scalar such as clip_grad_norm_'s total norm, as a float."""
-    return float(value.full_tensor() if isinstance(value, DTensor) else value)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
