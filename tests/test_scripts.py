@@ -1,5 +1,6 @@
 """infer_original.py and infer_CoDe.py end to end on tiny models: flags reach the library, errors are clear."""
 import os
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ from PIL import Image
 
 import infer_CoDe
 import infer_original
-from cli.args import UsageError, exit_on_error
-from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint, var_generate
+from cli.args import UsageError, code_temperature, exit_on_error
+from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
@@ -117,6 +118,32 @@ def test_fast_flag_gives_the_eager_grid_and_report(small_ckpts, tmp_path, capsys
     assert np.array_equal(read_png(eager), read_png(fast))  # fp32 on the CPU: the fast path equals the eager one
     report = capsys.readouterr().out
     assert "cpu float32, fast path" in report and report.count("latency without the VQVAE decoder") == 2
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_fast_decoder_copy_is_in_dtype_as_the_help_says(small_ckpts, tmp_path, monkeypatch, dtype, torch_dtype):
+    built = []
+    monkeypatch.setattr(infer_CoDe, "FastPath", lambda *a, **k: built.append(FastPath(*a, **k)) or built[-1])
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "--fast", "--dtype", dtype,
+                               "--output", str(tmp_path / "grid.png")))
+    assert built[0].decoder.dtype == torch_dtype
+    assert {m.head.weight.dtype for m in built[0].models} == {torch_dtype}
+
+
+def test_more_smooth_flag_reaches_the_library_on_the_eager_path_only(small_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1,2", "--seed", "5",
+                               "--more_smooth", "--output", str(out)))
+    vae, drafter, refiner = load_small(small_ckpts)
+    expected = collaborative_generate(drafter, refiner, vae, [1, 2], draft_steps=2, seed=5, cfg=4.0, top_k=600,
+                                      top_p=0.95, temperature=code_temperature(4), more_smooth=True)
+    assert np.array_equal(read_png(out), grid_of(expected))
+    run(infer_original, ["--model_ckpt", str(small_ckpts["drafter"]), "--vae_ckpt", str(small_ckpts["vae"]),
+                         "--class_labels", "8", "--more_smooth", "--output", str(out), "--device", "cpu"])
+    expected = var_generate(drafter, vae, [8], seed=42, cfg=4.0, top_k=900, top_p=0.95, more_smooth=True)
+    assert np.array_equal(read_png(out), grid_of(expected))
+    with pytest.raises(UsageError, match="--more_smooth runs on the eager path only: leave out --fast"):
+        run(infer_CoDe, small_args(small_ckpts, "--more_smooth", "--fast", "--output", str(out)))
 
 
 @pytest.mark.parametrize("steps, unused", [("0", "drafter"), ("4", "refiner")])
@@ -273,16 +300,35 @@ def script(*argv):
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("name, flag", [("infer_original.py", "--model_depth"), ("infer_CoDe.py", "--training_free"),
-                                        ("sample_CoDe.py", "--per_class")])
-def test_help(name, flag):
-    r = script(name, "--help")
-    assert r.returncode == 0 and flag in r.stdout and "--dtype" in r.stdout, r.stderr
+HELP_OF_EVERY_SCRIPT = """
+import runpy, sys
+for name in sys.argv[1:]:
+    print(f"=== {name}")
+    sys.argv = [name, "--help"]
+    try:
+        runpy.run_path(name, run_name="__main__")
+    except SystemExit as e:
+        print(f"=== exit {e.code}")
+"""
+SCRIPT_FLAGS = {"infer_original.py": "--model_depth", "infer_CoDe.py": "--training_free", "sample_CoDe.py": "--per_class",
+                "train_drafter.py": "--draft_steps", "train_refiner.py": "--teacher", "train_var.py": "--depth",
+                "train_vqvae.py": "--data_path"}
 
 
+@pytest.mark.slow
+def test_every_script_runs_from_a_fresh_interpreter_and_prints_its_help():
+    """One interpreter runs each script as __main__ from the root, as `python script.py --help` would."""
+    r = script("-c", HELP_OF_EVERY_SCRIPT, *SCRIPT_FLAGS)
+    helps = {m[0]: (m[1], m[2]) for m in re.findall(r"=== (\S+)\n(.*?)=== exit (\S+)", r.stdout, re.S)}
+    assert list(helps) == list(SCRIPT_FLAGS), r.stderr[-2000:]
+    for name, flag in SCRIPT_FLAGS.items():
+        text, code = helps[name]
+        assert code == "0" and flag in text and "--device" in text, name
+    assert all("--dtype" in helps[name][0] for name in ("infer_original.py", "infer_CoDe.py", "sample_CoDe.py"))
+
+
+@pytest.mark.slow
 def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path):
-    r = script("infer_original.py", "--class_labels", "1", "--output", str(tmp_path / "a.png"), "--device", "cpu")
-    assert r.returncode == 0 and read_png(tmp_path / "a.png").shape == (32, 32, 3), r.stderr
     r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2",
                                             "--output", str(tmp_path / "b.png")))
     assert r.returncode == 0 and read_png(tmp_path / "b.png").shape == (8, 16, 3), r.stderr
@@ -290,5 +336,3 @@ def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path):
     r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "12", "--output",
                                             str(tmp_path / "c.png")))
     assert r.returncode == 2 and r.stderr.strip().endswith("class 12 is not in 0..9 (the model has 10 classes)")
-    r = script("infer_CoDe.py", "--draft_steps", "11")
-    assert r.returncode == 2 and "invalid choice: 11" in r.stderr
