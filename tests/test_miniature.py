@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_vqvae
-from cli.args import UsageError
+from cli.args import UsageError, exit_code
 from code import CollaborativeDecoder
 from conftest import TINY_VAE, randomize_
 from miniature import demo, pipeline, shapes
@@ -19,7 +19,6 @@ from miniature.files import SHIPPED, MiniatureFiles
 from miniature.metrics import accuracy, classify, frechet_distance, load_split
 from models import build_vae, load_vae, load_var
 from training.data import scan_image_folder
-from utils.dist import DistInfo
 from utils.images import read_png
 
 SHIPPED_N = 3  # the fine-tuned pair kept in miniature/checkpoints
@@ -98,8 +97,8 @@ def shapes_data(tmp_path_factory):
 
 
 def train_vq(data: Path, out: Path, *extra: str) -> int:
-    return train_vqvae.main(train_vqvae.parse_args(["--data_path", str(data), "--output_dir", str(out), *VQ_FLAGS,
-                                                    *extra]))
+    return exit_code(train_vqvae.main, train_vqvae.parse_args(["--data_path", str(data), "--output_dir", str(out),
+                                                               *VQ_FLAGS, *extra]))
 
 
 def recon_errors(vae, images: torch.Tensor) -> tuple[float, float]:
@@ -112,9 +111,9 @@ def test_train_vqvae_reconstruction_error_falls(shapes_data, tmp_path):
     argv = ["--data_path", str(shapes_data), "--output_dir", str(tmp_path), *VQ_FLAGS, "--max_steps", "60", "--lr", "8e-2",
             "--batch_size", "16"]  # peak lr 8e-2 x 16 / 256 = 5e-3
     args = train_vqvae.parse_args(argv)
-    torch.manual_seed(args.seed)  # as run_job does: the run's starting point
-    fresh = train_vqvae.make_job(args, DistInfo(0, 1, 0, torch.device("cpu"))).model.eval()
-    assert train_vqvae.main(args) == 0
+    torch.manual_seed(args.seed)  # as main does: the run's starting point
+    fresh = train_vqvae.new_vqvae(args.config).eval()
+    assert exit_code(train_vqvae.main, args) == 0
     trained = load_vae(tmp_path / "vqvae.pth")  # the export carries its config: patch_nums come from the file
     assert trained.patch_nums == (1, 2, 4, 8) and trained.config.image_size == 16
     val = load_split(shapes_data / "val", 16)[0] * 2 - 1
@@ -124,7 +123,7 @@ def test_train_vqvae_reconstruction_error_falls(shapes_data, tmp_path):
     assert [r["step"] for r in log] == list(range(5, 65, 5)) and {f"use{k}" for k in range(4)} <= log[-1].keys()
 
 
-def test_train_vqvae_resume_is_exact(shapes_data, tmp_path):
+def test_train_vqvae_resume_is_exact(shapes_data, tmp_path, capsys):
     assert train_vq(shapes_data, tmp_path / "straight", "--max_steps", "4") == 0
     assert train_vq(shapes_data, tmp_path / "split", "--max_steps", "4", "--stop_at", "2") == 0
     assert not (tmp_path / "split" / "vqvae.pth").exists()
@@ -133,6 +132,9 @@ def test_train_vqvae_resume_is_exact(shapes_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # another architecture cannot continue this run
     assert train_vq(shapes_data, tmp_path / "split", "--max_steps", "4", "--resume", "auto", "--vocab_size", "32") == 2
+    assert train_vq(shapes_data, tmp_path / "sharded", "--max_steps", "4", "--shard", "fsdp") == 2
+    assert "--shard fsdp shards VAR models (each block, then the rest); train the vqvae without it" in \
+        capsys.readouterr().err
 
 
 def test_frechet_distance_of_shifted_gaussians():

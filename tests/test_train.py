@@ -1,5 +1,4 @@
 """train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
-import importlib
 import json
 import os
 import re
@@ -10,17 +9,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 import train_drafter
 import train_refiner
 from code import var_generate
-from code.losses import RefinerLoss, drafter_ce
+from cli.args import exit_code
 from conftest import ROOT, tiny_pair, tiny_var_like
 from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform
+from training.losses import RefinerLoss, drafter_ce
 from training.optim import LRSchedule, scaled_lr
-from training.var_jobs import make_batch
+from training.tokens import make_batch
 from utils.checkpoint import atomic_save
 
 N = 2  # draft steps of the tiny 4-scale models
@@ -63,7 +65,7 @@ def refiner_args(assets, out, *extra, **kw):
 
 
 def run(script, argv) -> int:
-    return script.main(script.parse_args(argv))
+    return exit_code(script.main, script.parse_args(argv))
 
 
 def weights(path):
@@ -159,7 +161,7 @@ def test_two_processes_match_one_process(assets, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "train_drafter.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
+    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count("exported") == 1  # rank 0 logs
     one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
     init = weights(assets / "d2.pth")
     # The all-reduce sums gradients in another order than accumulation does, and Adam's first steps divide by
@@ -173,52 +175,69 @@ def test_two_processes_match_one_process(assets, tmp_path):
     assert [r["loss"] for r in log_records(tmp_path / "two")] == pytest.approx(losses_one, rel=1e-5)
 
 
-def torchrun(script: str, argv: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
-                           *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def sharded_argv(assets, out, *extra):
+    """3 steps of global batch 4, validation after each: 3 images, 2 on rank 0 and 1 on rank 1."""
+    a = args_for(assets, out, "--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0",
+                 "--batch_size", "1", "--eval_every", "1", *extra)
+    a[a.index("--grad_accum"): a.index("--grad_accum") + 2] = ["--global_batch", "4"]
+    return a
+
+
+def sharded_worker(rank: int, assets, tmp_path) -> None:
+    """One rank of 2 (gloo), as torchrun starts it: an uninterrupted --shard fsdp run ('two'), then one stopped
+    after step 2 ('split', its checkpoint copied to 'other') and resumed."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    runs = [("two",), ("split", "--stop_at", "2"), ("split", "--resume", "auto")]
+    for i, (out, *extra) in enumerate(runs):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{i}'}", rank=rank, world_size=2)
+        assert run(train_drafter, sharded_argv(assets, tmp_path / out, "--shard", "fsdp", "--threads", "1",
+                                               *extra)) == 0
+        if rank == 0 and "--stop_at" in extra:
+            shutil.copytree(tmp_path / "split" / "ckpt_last.dcp", tmp_path / "other" / "ckpt_last.dcp")
 
 
 @pytest.mark.slow
-def test_sharded_two_processes_match_one_process_and_resume_with_one(assets, tmp_path, capsys):
-    """torchrun 2 gloo ranks with --shard fsdp == 1 unsharded process (same global batch); a sharded run stopped
-    after step 2 is resumed by 1 process (DCP reshards) and ends where the 2-process run does."""
-    recipe = ["--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0",
-              "--batch_size", "1", "--eval_every", "1"]  # 3 validation images: 2 on rank 0, 1 on rank 1
-
-    def argv(out, *extra):
-        a = args_for(assets, tmp_path / out, *recipe, *extra)
-        a[a.index("--grad_accum"): a.index("--grad_accum") + 2] = ["--global_batch", "4"]
-        return a
-
-    assert run(train_drafter, argv("one")) == 0
-    proc = torchrun("train_drafter.py", argv("two", "--shard", "fsdp"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_sharded_runs_match_one_process_resume_exactly_and_at_another_world_size(assets, tmp_path, capsys):
+    """--shard fsdp with 2 gloo ranks (one launch): == 1 unsharded process within the sharding tolerance (losses,
+    uneven sharded validation, weights); stopped and resumed == uninterrupted, bit for bit; its step-2 checkpoint
+    resumed by 1 process (DCP reshards) ends where the 2-rank run does; the export loads strictly."""
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "one")) == 0
+    mp.spawn(sharded_worker, args=(assets, tmp_path), nprocs=2, join=True)
     assert (tmp_path / "two" / "ckpt_last.dcp").is_dir() and not (tmp_path / "two" / "ckpt_last.pth").exists()
     one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
     init = weights(assets / "d2.pth")
     assert two.keys() == one.keys() and isinstance(load_var(tmp_path / "two" / f"drafter_{N}.pth", depth=2), VAR)
-    for k, v in one.items():  # within 1e-4 of each update (measured: 8e-6), as the unsharded test explains
-        if v.is_floating_point() and k != "attn_bias_for_masking":
-            assert (two[k] - v).norm() <= 1e-4 * (v - init[k]).norm() + 1e-7, k
+
+    def assert_close(a: dict, b: dict) -> None:  # within 1e-4 of each update, as the DDP test explains
+        for k, v in a.items():
+            if v.is_floating_point() and k != "attn_bias_for_masking":
+                assert (b[k] - v).norm() <= 1e-4 * (v - init[k]).norm() + 1e-7, k
+
+    assert_close(one, two)
     for key in ("loss", "val_loss"):
         expected = [r[key] for r in log_records(tmp_path / "one") if key in r]
         assert len(expected) == 3 and [r[key] for r in log_records(tmp_path / "two") if key in r] == \
             pytest.approx(expected, rel=1e-6)
+    split = weights(tmp_path / "split" / f"drafter_{N}.pth")
+    assert all(torch.equal(v, split[k]) for k, v in two.items())
 
-    proc = torchrun("train_drafter.py", argv("split", "--shard", "fsdp", "--stop_at", "2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
     capsys.readouterr()
-    assert run(train_drafter, argv("split", "--resume", "auto")) == 2
-    assert f"{tmp_path / 'split' / 'ckpt_last.dcp'} is a sharded checkpoint: continue it with --shard fsdp" in \
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "other", "--resume", "auto")) == 2
+    assert f"{tmp_path / 'other' / 'ckpt_last.dcp'} is a sharded checkpoint: continue it with --shard fsdp" in \
         capsys.readouterr().err
-    assert run(train_drafter, argv("split", "--shard", "fsdp", "--resume", "auto")) == 0
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "other", "--shard", "fsdp", "--resume", "auto")) == 0
     err = capsys.readouterr().err
     assert "(1/GPU x 4 accum x 1 GPUs)" in err and "written by 2 processes; resharded for 1" in err
-    split = weights(tmp_path / "split" / f"drafter_{N}.pth")
-    for k, v in two.items():
-        if v.is_floating_point() and k != "attn_bias_for_masking":
-            assert (split[k] - v).norm() <= 1e-4 * (v - init[k]).norm() + 1e-7, k
+    assert_close(two, weights(tmp_path / "other" / f"drafter_{N}.pth"))
+
+
+def test_a_sharded_refiner_in_one_process_equals_the_unsharded_one(assets, tmp_path):
+    """FSDP2 over one process (no torchrun) with the frozen teacher left whole: the same run, bit for bit."""
+    for out, extra in (("plain", ()), ("sharded", ("--shard", "fsdp"))):
+        assert run(train_refiner, refiner_args(assets, tmp_path / out, "--max_steps", "2", *extra)) == 0
+    a, b = (weights(tmp_path / d / f"refiner_{N}.pth") for d in ("plain", "sharded"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "sharded" / "ckpt_last.dcp" / "meta.pth").is_file()
 
 
 def test_exported_weights_load_and_generate(assets, tmp_path):
@@ -266,6 +285,27 @@ def test_a_drafter_on_every_scale_is_plain_var_fine_tuning(assets, tmp_path):
                                              b.gt_BL.flatten())
     assert drafter_ce(load_var(assets / "d2.pth")(b.labels_B, b.inputs), b.gt_BL, 4, (0, 1, 5, 14, 30)) == full
     assert (tmp_path / "drafter_4.pth").is_file()
+
+
+def test_a_training_error_is_one_line_without_a_time(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, data="nowhere")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"error: data folder {assets / 'nowhere' / 'train'} does not exist" in err and len(err) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is absent")
+def test_training_takes_the_inference_device_vocabulary(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:1")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:1: CUDA is not available here; use --device cpu\n"
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "mps")) == 2
+    assert "only cuda, cuda:N and cpu are supported" in capsys.readouterr().err
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:2")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA devices (cuda:0..cuda:1)\n"
 
 
 def test_cli_exit_code_and_message(assets, tmp_path):

@@ -1,51 +1,33 @@
 """Sharded training with FSDP2: every VAR block and then the model are `fully_shard`-ed over the ranks, so each
 GPU keeps 1/world of the weights, gradients and AdamW state.
 
-Checkpoints are folders written by torch.distributed.checkpoint (each rank its shards, in parallel), resumable with
-any world size (DCP reshards on load); the trained model is exported at the end as one ordinary state dict
-gathered on rank 0. Only tensors go through DCP: the optimizer's param groups and the run's metadata are in
-META_NAME (torch.load weights_only=True), DCP's own index is read by an allow-list unpickler, and a checkpoint
-holding pickled objects is refused.
+The script's model stays a plain one: training runs on a sharded twin built on the meta device and filled from it
+(or from a sharded checkpoint, training.shard_ckpt), and at the end the twin's weights are gathered back into it on
+rank 0, for the script's export.
 """
 from __future__ import annotations
 
-import io
-import os
-import pickle
-import shutil
 import warnings
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint import filesystem as dcp_fs
-from torch.distributed.checkpoint import metadata as dcp_md
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from models import VAR, VARConfig
-from utils.checkpoint import CheckpointError, atomic_save, load_weights_only
-from utils.dist import DistInfo, barrier
+from models import VAR
+from utils.dist import DistInfo
 
-from .config import ConfigError
-
-SHARD_CHOICES = ("none", "fsdp")
-SHARDED_NAME = "ckpt_last.dcp"  # a folder
-META_NAME = "meta.pth"  # in the folder: step, data position, config, recipe, the optimizer's param groups
-META_KEYS = ("step", "config", "recipe", "data", "param_groups", "world_size")
+from .config import SHARD_CHOICES, ConfigError
 
 
-def check_shard(shard: str, dtype: torch.dtype | None) -> None:
+def check_shard(shard: str, model: nn.Module, dtype: torch.dtype | None, role: str) -> None:
     """The combinations sharded training cannot run, as one clear error each."""
     if shard not in SHARD_CHOICES:
         raise ConfigError(f"--shard must be one of {', '.join(SHARD_CHOICES)}, got {shard!r}")
+    if shard == "fsdp" and not isinstance(model, VAR):
+        raise ConfigError(f"--shard fsdp shards VAR models (each block, then the rest); train the {role} without it")
     if shard == "fsdp" and dtype == torch.float16:
         raise ConfigError("--shard fsdp trains in bf16 or fp32: fp16 needs a gradient scaler that agrees across "
                           "shards, which these scripts do not have; pass --dtype bf16 (or fp32)")
@@ -66,155 +48,45 @@ def mp_policy() -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
-def wrap_fsdp(model: VAR, policy: MixedPrecisionPolicy, device: torch.device) -> VAR:
+def wrap_fsdp(model: VAR, device: torch.device) -> VAR:
     """Shard each block, then the rest (embeddings, position tables, head) as the root; returns the same module,
-    now an FSDPModule. The model may be on the meta device (then `to_empty` it and load a checkpoint)."""
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    now an FSDPModule. The model may be on the meta device (then `to_empty` it and load weights)."""
+    mesh, policy = init_device_mesh(device.type, (dist.get_world_size(),)), mp_policy()
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
+def sharded_twin(model: VAR, device: torch.device, fill: bool) -> VAR:
+    """A sharded copy of `model` (same config, drop path included) on `device`: each rank allocates only its
+    shards, filled from `model`'s weights when `fill` (else left for a checkpoint to load)."""
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")  # never modified
+    with torch.device("meta"):
+        twin = VAR(model.config)
+    twin = wrap_fsdp(twin, device).to_empty(device=device)
+    if fill:
+        set_model_state_dict(twin, model.state_dict(), options=StateDictOptions(full_state_dict=True))
+    return twin.train()
+
+
+def gather_into(twin: nn.Module, model: nn.Module) -> None:
+    """The sharded twin's weights, gathered, into the plain `model` on rank 0. Collective: call on every rank."""
+    full = get_model_state_dict(twin, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        model.load_state_dict(full, strict=True)
+
+
 def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def quiet_view_warning() -> None:
-    """FSDP2 warns that the logits are a view (in-place ops on them would skip its hook); no caller modifies them."""
-    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------------
-def save_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> Path:
-    """Every rank writes its shards into PATH.tmp, then rank 0 adds META_NAME and renames it to PATH (the previous
-    checkpoint is kept as PATH.old until then). Collective: call on every rank."""
-    path = Path(path)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    main = dist.get_rank() == 0
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd["state"]}, checkpoint_id=tmp)
-    if main:
-        atomic_save({**meta, "param_groups": optim_sd["param_groups"], "world_size": dist.get_world_size()},
-                    tmp / META_NAME)
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return path
-
-
-def sharded_checkpoint(path: str | os.PathLike) -> Path | None:
-    """PATH if it holds a finished checkpoint, else PATH.old (a save killed between its two renames), else None."""
-    path = Path(path)
-    for candidate in (path, path.with_name(path.name + ".old")):
-        if (candidate / META_NAME).is_file():
-            return candidate
-    return None
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    """The run's metadata in a sharded checkpoint folder (no tensors of the model: those stay on disk)."""
-    path = Path(path)
-    if not (path / META_NAME).is_file():
-        raise CheckpointError(f"{path} is not a sharded training checkpoint (no {META_NAME} in it); sharded "
-                              f"checkpoints are the {SHARDED_NAME} folders that --shard fsdp writes")
-    meta = load_weights_only(path / META_NAME)
-    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise CheckpointError(f"{path / META_NAME} lacks {', '.join(missing)}: not written by --shard fsdp")
-    return meta
-
-
-def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load weights and AdamW state from a sharded checkpoint written with any world size; returns its metadata.
-    Collective: call on every rank, after wrap_fsdp (and to_empty, for a model built on the meta device)."""
-    path = Path(path)
-    meta = read_meta(path)
-    model_sd, optim_sd = get_state_dict(model, optimizer)  # initialises AdamW's state, to be overwritten
-    state = {"model": model_sd, "optimizer": optim_sd["state"]}
-    try:
-        dcp.load(state, storage_reader=SafeReader(path), planner=TensorsOnlyPlanner())
-    except CheckpointException as e:
-        raise CheckpointError(f"{path} does not fit this model and optimizer: {first_failure(e)}") from None
-    except CheckpointError as e:  # raised by SafeReader or TensorsOnlyPlanner outside DCP's wrapping
-        raise CheckpointError(f"{path}: {e}") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"],
-                   optim_state_dict={"state": state["optimizer"], "param_groups": meta["param_groups"]})
-    return meta
-
-
-def first_failure(e: CheckpointException) -> str:
-    """The first rank's error (DCP wraps each as (exception, traceback)), in one line."""
-    failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
-    text = str(failures[0] if failures else e).strip()
-    return text.splitlines()[-1] if text else type(e).__name__
-
-
-class TensorsOnlyPlanner(DefaultLoadPlanner):
-    """DCP unpickles non-tensor entries with weights_only=False: a checkpoint with such entries is refused."""
-
-    def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        raise CheckpointError(f"entry {read_item.dest_index.fqn} is a pickled object, not a tensor; refusing to "
-                              "unpickle it")
-
-
-METADATA_CLASSES = {(c.__module__, c.__qualname__) for c in (
-    dcp_md.Metadata, dcp_md.TensorStorageMetadata, dcp_md.BytesStorageMetadata, dcp_md.ChunkStorageMetadata,
-    dcp_md.TensorProperties, dcp_md.MetadataIndex, dcp_md.StorageMeta, dcp_md._MEM_FORMAT_ENCODING,
-    dcp_fs._StorageInfo, dcp_fs._StoragePrefix)}
-METADATA_CALLABLES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-                      ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath")}
-
-
-class MetadataUnpickler(pickle.Unpickler):
-    """Only what DCP's index is made of: its metadata classes, torch.Size, dtypes, layouts and paths."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in METADATA_CLASSES | METADATA_CALLABLES or (
-                module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format))):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
-
-
-class SafeReader(FileSystemReader):
-    """DCP's index (.metadata) read by MetadataUnpickler instead of an unrestricted pickle.load."""
-
-    def read_metadata(self, *args, **kwargs) -> dcp_md.Metadata:
-        path = self._get_metadata_path(kwargs.get("rank"))
-        try:
-            with self.fs.create_stream(path, "rb") as f:
-                metadata = MetadataUnpickler(f).load()
-        except FileNotFoundError:
-            raise CheckpointError(f"{Path(self.path)} has no {Path(path).name}: the save that wrote it did not "
-                                  "finish") from None
-        except Exception as e:
-            raise CheckpointError(f"{path} is not a readable checkpoint index: {str(e).splitlines()[0]}") from None
-        if not isinstance(metadata, dcp_md.Metadata):
-            raise CheckpointError(f"{path} is not a checkpoint index (it holds a {type(metadata).__name__})")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = dcp_md.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-# ---- export -------------------------------------------------------------------------------------------------
-def export_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole state dict (the official keys, plain CPU tensors) on rank 0; {} on the other ranks. Collective."""
+def missing_passes(model: nn.Module, passes: int, device: torch.device) -> int:
+    """A sharded model's forward pass gathers weights from every rank, so all ranks must run as many: how many
+    more this rank needs to match the rank with the most validation batches (0 for an unsharded model). Collective
+    for a sharded model."""
     if not is_sharded(model):
-        main = not dist.is_initialized() or dist.get_rank() == 0
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if main else {}
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def unsharded_var(config: VARConfig, state_dict: dict[str, torch.Tensor]) -> VAR:
-    """A plain VAR holding a gathered state dict (for the exporters, which take a model)."""
-    with torch.device("meta"):
-        model = VAR(config)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    return model
+        return 0
+    most = torch.tensor(passes, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most) - passes
