@@ -208,12 +208,15 @@ def test_sharded_runs_match_one_process_resume_exactly_and_at_another_world_size
     init = weights(assets / "d2.pth")
     assert two.keys() == one.keys() and isinstance(load_var(tmp_path / "two" / f"drafter_{N}.pth", depth=2), VAR)
 
-    def assert_close(a: dict, b: dict) -> None:  # within 1e-4 of each update, as the DDP test explains
+    def assert_close(a: dict, b: dict) -> float:  # within 1e-4 of each update, as the DDP test explains
+        worst = 0.0
         for k, v in a.items():
             if v.is_floating_point() and k != "attn_bias_for_masking":
                 assert (b[k] - v).norm() <= 1e-4 * (v - init[k]).norm() + 1e-7, k
+                worst = max(worst, float((b[k] - v).norm() / (v - init[k]).norm()))
+        return worst
 
-    assert_close(one, two)
+    sharded_vs_one = assert_close(one, two)
     for key in ("loss", "val_loss"):
         expected = [r[key] for r in log_records(tmp_path / "one") if key in r]
         assert len(expected) == 3 and [r[key] for r in log_records(tmp_path / "two") if key in r] == \
@@ -228,7 +231,9 @@ def test_sharded_runs_match_one_process_resume_exactly_and_at_another_world_size
     assert run(train_drafter, sharded_argv(assets, tmp_path / "other", "--shard", "fsdp", "--resume", "auto")) == 0
     err = capsys.readouterr().err
     assert "(1/GPU x 4 accum x 1 GPUs)" in err and "written by 2 processes; resharded for 1" in err
-    assert_close(two, weights(tmp_path / "other" / f"drafter_{N}.pth"))
+    resharded = assert_close(two, weights(tmp_path / "other" / f"drafter_{N}.pth"))
+    print(f"worst |diff| / |update|: 2 sharded ranks vs 1 process {sharded_vs_one:.1e}, resumed by 1 process vs "
+          f"2 ranks {resharded:.1e}")
 
 
 def test_a_sharded_refiner_in_one_process_equals_the_unsharded_one(assets, tmp_path):
