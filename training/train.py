@@ -98,12 +98,12 @@ def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossSt
              dtype or torch.float32)
 
     def save(step: int) -> None:
-        data = sampler.position(step).to_dict()
+        position = sampler.position(step).to_dict()
         if sharded:
-            save_sharded(last, model=trained, optimizer=optimizer, step=step, data=data, recipe=recipe,
+            save_sharded(last, model=trained, optimizer=optimizer, step=step, data=position, recipe=recipe,
                          config=model.config.to_dict())
         elif dist.is_main:
-            save_checkpoint(last, model=trained, optimizer=optimizer, scaler=scaler, step=step, data=data,
+            save_checkpoint(last, model=trained, optimizer=optimizer, scaler=scaler, step=step, data=position,
                             recipe=recipe, extra={"role": role})
         log.info("saved %s at step %d", last, step)
         barrier()
