@@ -44,15 +44,17 @@ def load_teacher(cfg: DistillConfig, student: VAR, vae: VQVAE, device: torch.dev
 
 
 def refiner_objective(finetune: FinetuneConfig, distill: DistillConfig):
-    """KD against the frozen teacher on every scale, the drafted ones weighted by the lambda schedule."""
+    """KD against the frozen teacher on every scale, the drafted ones weighted by the lambda schedule (with
+    --kd_weight 0: cross-entropy alone, no teacher)."""
     def objective(student: VAR, vae: VQVAE, device: torch.device):
-        teacher = load_teacher(distill, student, vae, device, finetune.ckpt_dir)
-        loss_fn = RefinerLoss(finetune.draft_steps, student.config.offsets, distill.kd_temperature, distill.ce_weight)
+        teacher = load_teacher(distill, student, vae, device, finetune.ckpt_dir) if distill.kd_weight else None
+        loss_fn = RefinerLoss(finetune.draft_steps, student.config.offsets, distill.kd_temperature, distill.ce_weight,
+                              distill.kd_weight)
 
         def step_fn(model: torch.nn.Module, batch: Batch, step: int, total_steps: int):
             lam = kd_lambda(step, total_steps)
             with torch.no_grad():
-                teacher_BLV = teacher(batch.labels_B, batch.inputs)
+                teacher_BLV = teacher(batch.labels_B, batch.inputs) if teacher is not None else None
             loss, parts = loss_fn(model(batch.labels_B, batch.inputs), teacher_BLV, batch.gt_BL, lam)
             return loss, {**parts, "lambda": torch.tensor(lam, dtype=torch.float64)}
 

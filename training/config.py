@@ -88,7 +88,8 @@ class DistillConfig:
     teacher_depth: int = 30
     kd_temperature: float = 1.0
     ce_weight: float = 0.0
+    kd_weight: float = 1.0  # 0: no teacher, plain cross-entropy with the refiner's per-scale weights
 
     def recipe(self) -> dict:
         return {"teacher_depth": self.teacher_depth, "kd_temperature": self.kd_temperature,
-                "ce_weight": self.ce_weight}
+                "ce_weight": self.ce_weight, "kd_weight": self.kd_weight}
