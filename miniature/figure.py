@@ -10,8 +10,10 @@ from typing import Sequence
 
 STYLE = {"large": ("tab:blue", "s"), "small": ("tab:orange", "s"),
          "base drafter, base refiner": ("tab:gray", "o"), "specialised drafter, base refiner": ("tab:brown", "v"),
-         "base drafter, extra CE refiner": ("tab:purple", "^"), "specialised drafter, extra CE refiner": ("tab:pink", "^"),
-         "base drafter, distilled refiner": ("tab:olive", "D"), "specialised drafter, distilled refiner": ("tab:green", "o")}
+         "base drafter, extra CE refiner": ("tab:purple", "^"),
+         "specialised drafter, extra CE refiner": ("tab:pink", "^"),
+         "base drafter, distilled refiner": ("tab:olive", "D"),
+         "specialised drafter, distilled refiner": ("tab:green", "o")}
 LABELS = {"base drafter, base refiner": "CoDe training-free", "specialised drafter, distilled refiner":
           "CoDe fine-tuned (specialised drafter, distilled refiner)"}
 
@@ -38,8 +40,9 @@ def draw_tradeoff(summaries: Sequence, path: Path) -> str:
             y = [getattr(s, metric).mean * scale for s in points]
             err = [0 if getattr(s, metric).half != getattr(s, metric).half else getattr(s, metric).half * scale
                    for s in points]  # nan (one run) draws no bar
+            label = LABELS.get(series, series if series in ("large", "small") else f"CoDe {series}")
             ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, linestyle="-" if len(points) > 1
-                        else "none", label=LABELS.get(series, series if series in ("large", "small") else f"CoDe {series}"))
+                        else "none", label=label)
             for s, xi, yi in zip(points, x, y):
                 if s.n is not None:
                     ax.annotate(f"N={s.n}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,

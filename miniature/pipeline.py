@@ -1,15 +1,19 @@
-"""The whole miniature, from nothing to the table: data, tokenizer, classifier, two VARs, CoDe fine-tuning, scores.
+"""The whole miniature, from nothing to the tables: data, tokenizer, classifier, two VARs, CoDe fine-tuning, scores.
 
-    python -m miniature.pipeline --jobs 2 --threads 1              # the documented sizes (--preset full)
-    python -m miniature.pipeline --work /tmp/smoke --preset smoke  # every stage on a toy budget: ~20 s on 2 cores
+    python -m miniature.pipeline --reuse_shipped --jobs 2 --threads 1     # the paper's recipe, scaled (default)
+    python -m miniature.pipeline --reuse_shipped --jobs 2 --threads 1 --recipe strong
+    python -m miniature.pipeline --work /tmp/smoke --preset smoke          # every stage on a toy budget
 
 Each stage is its script's own main() with the flags below: miniature.shapes, train_vqvae.py and
-miniature.train_classifier, train_var.py (large and small), train_drafter.py and train_refiner.py for every N,
-then miniature.evaluate. Stages that do not depend on each other run side by side with --jobs (worker
-processes). A stage whose output exists is skipped and an interrupted one resumes from its last checkpoint,
-so running the command again continues where it stopped.
-WORK/ckpt/ collects the checkpoints under the names miniature.evaluate and miniature.demo read; --ship copies the
-base models and the fine-tuned pair of --ship_draft_steps into miniature/checkpoints/.
+miniature.train_classifier, train_var.py (large and small), then per fine-tuning seed and N train_refiner.py
+(the distilled refiner), train_refiner.py --kd_weight 0 --ce_weight 1 (its control: the same run with plain
+cross-entropy and no teacher) and train_drafter.py, then miniature.evaluate over the factorial. A --recipe sets
+the fine-tuning's learning rates and lengths as fractions of the pre-training's (RECIPES). Stages that do not
+depend on each other run side by side with --jobs (worker processes). A stage whose output exists is skipped
+and an interrupted one resumes from its last checkpoint, so running the command again continues where it
+stopped. WORK/ckpt/ holds the base models, WORK/RECIPE/ckpt/ the recipe's models beside copies of them, under
+the names miniature.evaluate and miniature.demo read; --ship copies the base models and the recipe's pair of
+--ship_draft_steps (fine-tuning seed 0) into miniature/checkpoints/.
 """
 from __future__ import annotations
 

@@ -194,7 +194,8 @@ def effects(runs: list[Run], head: str) -> str:
     lines = [head, "", "Each effect is a difference of cell means (factorial.md); `runs`: fine-tuning runs (+ sampling "
              "runs of the training-free pair where it enters). Accuracy in points (higher is better), Frechet "
              "distance (lower is better); the verdict says whether the 95% interval excludes 0.", "",
-             "| N | effect | runs | accuracy (points) | verdict | Frechet | verdict |", "|---:|---|---:|---:|---|---:|---|"]
+             "| N | effect | runs | accuracy (points) | verdict | Frechet | verdict |",
+             "|---:|---|---:|---:|---|---:|---|"]
     for n in sorted({r.n for r in runs if r.kind == "code"}):
         for label, coefs in EFFECTS:
             acc, fd = effect(runs, n, coefs, "accuracy"), effect(runs, n, coefs, "frechet")
@@ -224,7 +225,8 @@ def orderings(runs: list[Run], summaries: list[Summary]) -> str:
         for cell, what in ((BASE, "training-free"), (PAPER, "fine-tuned")):
             pairs.append((cell_name(ns[-1], *cell), cell_name(ns[0], *cell),
                           f"{what} CoDe: N={ns[-1]} beats N={ns[0]} (more drafted scales)"))
-    lines = ["| claim | accuracy difference (points) | verdict | Frechet difference | verdict |", "|---|---:|---|---:|---|"]
+    lines = ["| claim | accuracy difference (points) | verdict | Frechet difference | verdict |",
+             "|---|---:|---|---:|---|"]
     for better, worse, claim in pairs:
         if better in names and worse in names:
             acc = difference(replicates(runs, better, "accuracy"), replicates(runs, worse, "accuracy"))

@@ -169,9 +169,9 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     a("--ce_weight", type=float, default=0.0, help="weight of a cross-entropy term against the ground-truth tokens, "
                                                    "with the same per-scale weights as the KL (default %(default)g: "
                                                    "distillation only, as in the paper)")
-    a("--kd_weight", type=float, default=1.0, help="weight of the KL term (default %(default)g); 0 with --ce_weight > 0: "
-                                                   "no teacher, the same per-scale weights on plain cross-entropy "
-                                                   "(a control for distillation)")
+    a("--kd_weight", type=float, default=1.0, help="weight of the KL term (default %(default)g); 0 with --ce_weight "
+                                                   "> 0: no teacher, the same per-scale weights on plain "
+                                                   "cross-entropy (a control for distillation)")
 
 
 def distill_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> DistillConfig:
