@@ -40,9 +40,9 @@ def draw_tradeoff(summaries: Sequence, path: Path) -> str:
             y = [getattr(s, metric).mean * scale for s in points]
             err = [0 if getattr(s, metric).half != getattr(s, metric).half else getattr(s, metric).half * scale
                    for s in points]  # nan (one run) draws no bar
-            label = LABELS.get(series, series if series in ("large", "small") else f"CoDe {series}")
+            name = LABELS.get(series, series if series in ("large", "small") else f"CoDe {series}")
             ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, linestyle="-" if len(points) > 1
-                        else "none", label=label)
+                        else "none", label=name)
             for s, xi, yi in zip(points, x, y):
                 if s.n is not None:
                     ax.annotate(f"N={s.n}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
