@@ -94,7 +94,7 @@ def main(args: argparse.Namespace):
     labels = demo_labels(args, decoder.num_classes, device)
     edit = load_edit(args, decoder, labels.shape[0]) if args.image is not None else None
     with autocast(device, dtype):
-        fast = FastPath(decoder, check=args.fast_check) if args.fast else None
+        fast = FastPath(decoder, check=args.fast_check, decoder_dtype=dtype) if args.fast else None
         images, timing = timed_generation(
             device, labels.shape[0],
             lambda: decoder.state(labels, seed=args.seed, sampling=sampling, edit=edit, fast=fast or False),

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace):
     sampling = sampling_config(args, decoder.num_scales, default_temperature=1.0)
     labels = demo_labels(args, decoder.num_classes, device)
     with autocast(device, dtype):
-        fast = FastPath(decoder, check=args.fast_check) if args.fast else None
+        fast = FastPath(decoder, check=args.fast_check, decoder_dtype=dtype) if args.fast else None
         images, timing = timed_generation(
             device, labels.shape[0],
             lambda: decoder.state(labels, seed=args.seed, sampling=sampling, fast=fast or False),

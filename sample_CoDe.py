@@ -8,7 +8,9 @@
 --draft_steps 10 is the drafter alone (plain VAR of --drafter_depth; add --training_free); --draft_steps 0 the
 refiner alone. Defaults are the published FID settings: cfg 1.5, top_k 600, top_p 0.96, temperature 1.1 on the
 first seven scales and 1.0 on the last three, fp16 autocast on CUDA, pixels truncated to uint8 as published
-((x * 255).astype(uint8); --rounding nearest rounds instead).
+((x * 255).astype(uint8); --rounding nearest rounds instead). --more_smooth (the published smoothing, for
+pictures, not FID) needs --eager; each batch's own f_hat is then decoded. Where defaults differ from the published
+script: docs/published-defaults.md.
 
 The GPU never waits for the disk: each batch is decoded on the GPU (--decode_chunk images per decoder call),
 converted to uint8 there, and handed to --workers threads that write its PNGs (--png, the published default;
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli.args import (add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
+from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, check_labels, code_temperature,
                       exit_on_error, int_in, int_list, positive_int, published_numerics, resolve_device, resolve_dtype,
                       sampling_config, setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
@@ -102,10 +104,10 @@ def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling
     with autocast(device, dtype):
         state = decoder.state(labels, generator=generators, sampling=sampling, fast=fast or False)
         # f_hat again from the tokens, chunk by chunk: a chunk's pixels then depend on its images alone (the
-        # batch's own f_hat went through phi's convolutions with the whole batch)
+        # batch's own f_hat went through phi's convolutions with the whole batch); more_smooth's is not the tokens'
         c = args.decode_chunk
-        f_hat = torch.cat([decoder.vae.quantize.tokens_to_fhat([t[i:i + c] for t in state.tokens])
-                           for i in range(0, len(keys), c)])
+        f_hat = state.f_hat if sampling.more_smooth else torch.cat(
+            [decoder.vae.quantize.tokens_to_fhat([t[i:i + c] for t in state.tokens]) for i in range(0, len(keys), c)])
         pixels = quantize(decoder.decode(f_hat, fast, c), args.rounding)
     tokens = torch.cat(state.tokens, 1).to(torch.int16 if decoder.vae.vocab_size <= 2**15 else torch.int32)
     return Batch(keys, tokens.cpu().numpy(), pixels.cpu().numpy())
@@ -113,16 +115,16 @@ def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling
 
 def build_fast_path(decoder: CollaborativeDecoder, device: torch.device, dtype: torch.dtype, decode_chunk: int,
                     check: bool) -> FastPath:
-    """Built inside the run's autocast, so that its decoder copy takes the dtype generation computes in."""
+    """Built inside the run's autocast; its decoder copy in the dtype generation computes in (fp32 too)."""
     with autocast(device, dtype):
-        return FastPath(decoder, decode_chunk=decode_chunk, check=check)
+        return FastPath(decoder, decode_chunk=decode_chunk, check=check, decoder_dtype=dtype)
 
 
 def settings(args: argparse.Namespace, decoder: CollaborativeDecoder, checkpoints: list[dict],
              sampling: SamplingConfig, dtype: torch.dtype) -> dict:
     """What decides the pixels of an image (not which images, nor the batch size or the number of GPUs)."""
     return dict(seed=args.seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
-                temperature=sampling.temperature, stops=decoder.stops, checkpoints=checkpoints, dtype=str(dtype),
+                temperature=sampling.temperature, more_smooth=sampling.more_smooth, stops=decoder.stops, checkpoints=checkpoints, dtype=str(dtype),
                 fast=not args.eager, rounding=args.rounding, tf32=args.tf32_on)
 
 
@@ -138,6 +140,9 @@ def prepare_folder(args, folder: SampleFolder, decoder: CollaborativeDecoder, fi
 
 
 def sample(args: argparse.Namespace, dist: DistInfo, device: torch.device) -> Path | None:
+    if args.more_smooth and not args.eager:
+        raise UsageError("--more_smooth runs on the eager path only: add --eager (the published FID samples do not "
+                         "use it)")
     dtype = resolve_dtype(args.dtype, device)
     args.tf32_on = published_numerics(device, args.tf32)
     folder = SampleFolder(args.output_path)

@@ -165,6 +165,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top
                    help=f"applied after the top-k / top-p filter (default {temperature})")
     g.add_argument("--seed", type=int_in(0, max_seed, seed_why), default=seed,
                    help=f"random seed, 0..{max_seed} (default {seed})")
+    g.add_argument("--more_smooth", action="store_true",
+                   help="the published sampler's Gumbel-softmax smoothing of the next-scale input: smoother pictures, "
+                        "not for FID (as published); eager path only")
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -180,10 +183,11 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def published_numerics(device: torch.device, tf32: bool) -> bool:
-    """TF32 for CUDA's float32 matmuls and convolutions, as the published scripts set it; whether it is on. A
-    process-wide setting: scripts call it once, before anything runs."""
+    """TF32 for CUDA's float32 matmuls and convolutions and deterministic cuDNN algorithms, as the published scripts
+    set them; whether TF32 is on. A process-wide setting: scripts call it once, before anything runs."""
     if device.type != "cuda":
         return False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return tf32
@@ -197,7 +201,8 @@ def code_temperature(num_scales: int) -> list[float]:
 
 def sampling_config(args: argparse.Namespace, num_scales: int, default_temperature) -> SamplingConfig:
     temperature = args.temperature if args.temperature is not None else default_temperature
-    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=temperature)
+    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=temperature,
+                              more_smooth=getattr(args, "more_smooth", False))  # the miniature's tools lack it
     try:
         sampling.validate(num_scales)
     except ValueError as e:

@@ -46,6 +46,8 @@ def flatten_labels(args: argparse.Namespace) -> argparse.Namespace:
 def prepare(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, torch.dtype | None]:
     """Device, compute dtype and the dtype to load linear weights in (the fast path's, when reduced), with the
     output folder checked before anything slow happens."""
+    if args.fast and args.more_smooth:
+        raise UsageError("--more_smooth runs on the eager path only: leave out --fast")
     device = resolve_device(args.device)
     check_output(args.output)
     writable_dir(Path(args.output).resolve().parent)

@@ -16,7 +16,7 @@ import torch
 
 from models import VAR, VQVAE
 
-from .sampling import Generators, SamplingConfig, cfg_mix, sample_tokens
+from .sampling import Generators, SamplingConfig, cfg_mix, fill_noise_, sample_tokens, smooth_codes
 
 
 @dataclass
@@ -38,6 +38,7 @@ class DecodeState:
     inputs: list[torch.Tensor] = field(default_factory=list)  # next-scale inputs (B, p_k^2, Cvae), k = 1..
     logits: list[torch.Tensor] | None = None  # raw (2B, p_k^2, V) per scale, when kept for tests
     edit: TokenEdit | None = None  # inpainting / outpainting: tokens fixed outside a mask
+    rng_start: list[torch.Tensor] | None = None  # more_smooth: the generators' states before scale 0 (redraw_prefix_)
 
     @property
     def done(self) -> int:
@@ -124,6 +125,11 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     if start >= stop:
         return state
     steps = steps or EagerSteps()
+    if sampling.more_smooth:
+        if not isinstance(steps, EagerSteps):
+            raise ValueError("more_smooth runs on the eager path only: use fast=False (--eager in sample_CoDe.py, "
+                             "no --fast in the inference scripts)")
+        redraw_prefix_(state, generator, model)
     device, was_training = state.f_hat.device, model.training
     model.eval()  # generation never drops paths, whatever mode the caller left the model in
     cond_BD = model.class_emb(torch.cat((state.labels, torch.full_like(state.labels, c.num_classes))))
@@ -131,13 +137,18 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
     try:
         bg, inputs = 0, torch.cat(state.inputs[:start], 1) if start else None
         for k in range(start, stop):
-            idx, logits = steps(model, cond_BD, inputs, k, bg, sampling, generator, state.logits is not None)
+            idx, logits = steps(model, cond_BD, inputs, k, bg, sampling, generator,
+                                state.logits is not None or sampling.more_smooth)
             if state.logits is not None:
                 state.logits.append(logits)
+            codes = smooth_codes(logits, k, c.num_scales, sampling, generator, vae.quantize.embedding.weight) \
+                if sampling.more_smooth else None
             if state.edit is not None:
                 idx = state.edit.apply(k, idx)
+                if codes is not None:  # the kept tokens enter as their codebook entries
+                    codes = torch.where(state.edit.masks[k].unsqueeze(-1), codes, vae.quantize.embedding(idx))
             state.tokens.append(idx)
-            inputs = vae.quantize.next_input(k, state.f_hat, idx)
+            inputs = vae.quantize.next_input(k, state.f_hat, idx, codes)
             if inputs is not None:
                 state.inputs.append(inputs)
             bg = offs[k + 1]
@@ -145,6 +156,27 @@ def run_scales(model: VAR, vae: VQVAE, state: DecodeState, stop: int, sampling: 
         steps.free_cache(model)
         model.train(was_training)
     return state
+
+
+def redraw_prefix_(state: DecodeState, generator: Generators, model: VAR) -> None:
+    """more_smooth's random stream, as published: the first model records the generators' states; a model that
+    continues a prefix (a refiner) restarts from them and draws once per scale of the prefix, as the published
+    refiner re-seeds and re-draws the drafted tokens. Its stream thus skips the drafter's Gumbel draws (so CoDe
+    with one model in both roles is not plain VAR here, as published). No generator: one continuous stream."""
+    if generator is None:
+        return
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if state.done == 0:
+        state.rng_start = [g.get_state() for g in gens]
+        return
+    if state.rng_start is None or len(state.rng_start) != len(gens):
+        raise ValueError("more_smooth continues a prefix from the generators' states before its first scale: "
+                         "generate the prefix with more_smooth and the same generators (one run_chain)")
+    for g, saved in zip(gens, state.rng_start):
+        g.set_state(saved)
+    c = model.config
+    for p in c.patch_nums[:state.done]:
+        fill_noise_(state.f_hat.new_empty(state.labels.shape[0], p * p, c.vocab_size, dtype=torch.float32), generator)
 
 
 def run_chain(vae: VQVAE, models: Sequence[VAR], stops: Sequence[int], state: DecodeState, sampling: SamplingConfig,

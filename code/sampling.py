@@ -22,13 +22,15 @@ class SamplingConfig:
     """Classifier-free guidance and token filtering. top_k, top_p and temperature may be per-scale lists.
 
     top_k=0 disables top-k; top_p=1 keeps every token (the published code still runs its filter then).
-    greedy takes the argmax instead of drawing (no random numbers are consumed).
+    greedy takes the argmax instead of drawing (no random numbers are consumed). more_smooth: the published
+    Gumbel-softmax smoothing of the next-scale input (`smooth_codes`), for pictures, not for FID; eager path only.
     """
     cfg: float = 1.5
     top_k: PerScale = 900
     top_p: PerScale = 0.96
     temperature: PerScale = 1.0
     greedy: bool = False
+    more_smooth: bool = False
 
     def validate(self, num_scales: int) -> None:
         if not (isinstance(self.cfg, (int, float)) and not isinstance(self.cfg, bool) and math.isfinite(self.cfg)
@@ -37,6 +39,10 @@ class SamplingConfig:
         if self.cfg > MAX_CFG:
             raise ValueError(f"cfg must be at most {MAX_CFG:g} (far beyond useful guidance; near 1000 the guided "
                              f"logits overflow float16), got {self.cfg!r}")
+        if not isinstance(self.more_smooth, bool):
+            raise ValueError(f"more_smooth must be True or False, got {self.more_smooth!r}")
+        if self.greedy and self.more_smooth:
+            raise ValueError("more_smooth smooths sampled draws with Gumbel noise, greedy draws nothing: choose one")
         for name in ("top_k", "top_p", "temperature"):
             values = self._list(name, num_scales)
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
@@ -143,3 +149,17 @@ def draw_from_noise(logits_2BlV: torch.Tensor, t: float, top_k: int, top_p: floa
     if greedy:
         return logits.argmax(dim=-1)
     return filtered_probs(logits, top_k, top_p, temperature).div_(noise_BlV).argmax(dim=-1)
+
+
+def smooth_codes(logits_2BlV: torch.Tensor, k: int, num_scales: int, sampling: SamplingConfig,
+                 generator: Generators, codebook_VC: torch.Tensor) -> torch.Tensor:
+    """more_smooth, as published: scale k's code vectors (B, l, Cvae) for the next-scale input are
+    softmax((l * (1 + r) + g) / tau) @ codebook, with l the guided logits after the top-k / top-p filter (before
+    the temperature), r = k / (K - 1), tau = max(0.27 * (1 - 0.95 r), 0.005) and Gumbel noise g = -log(Exp(1))
+    drawn from the generator after the scale's tokens."""
+    r = k / (num_scales - 1) if num_scales > 1 else 0.0
+    top_k, top_p, _ = sampling.at(k, num_scales)
+    filtered = filter_top_k_top_p_(cfg_mix(logits_2BlV, sampling.guidance(k, num_scales)), top_k, top_p)
+    gumbels = fill_noise_(torch.empty_like(filtered), generator).log_().neg_()
+    tau = max(0.27 * (1 - r * 0.95), 0.005)
+    return ((filtered.mul(1 + r) + gumbels) / tau).softmax(dim=-1) @ codebook_VC.to(filtered.dtype)

@@ -65,8 +65,12 @@ class MultiScaleQuantizer(nn.Module):
 
     def lookup(self, idx_Bl: torch.Tensor, k: int) -> torch.Tensor:
         """(B, p*p) token ids of scale k -> (B, Cvae, p, p) code vectors."""
+        return self.code_map(self.embedding(idx_Bl), k)
+
+    def code_map(self, h_BlC: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, p*p, Cvae) code vectors of scale k -> (B, Cvae, p, p)."""
         p = self.patch_nums[k]
-        return self.embedding(idx_Bl).transpose(1, 2).reshape(idx_Bl.shape[0], self.Cvae, p, p)
+        return h_BlC.transpose(1, 2).reshape(h_BlC.shape[0], self.Cvae, p, p)
 
     def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
         w = self.embedding.weight.data
@@ -132,9 +136,12 @@ class MultiScaleQuantizer(nn.Module):
         w, H = self.embedding.weight, self.patch_nums[-1]  # f_hat accumulates in at least float32
         return torch.zeros(batch, self.Cvae, H, H, device=w.device, dtype=torch.promote_types(w.dtype, torch.float32))
 
-    def next_input(self, k: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor | None:
-        """Add token map k to f_hat (in place); return VAR's input for scale k+1 as (B, p*p, Cvae), or None."""
-        f_hat.add_(self.embed_scale(k, idx_Bl))
+    def next_input(self, k: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor,
+                   codes_BlC: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Add token map k to f_hat (in place), or the code vectors `codes_BlC` (B, p*p, Cvae) given in place of
+        its codebook entries; return VAR's input for scale k+1 as (B, p*p, Cvae), or None."""
+        h = self.lookup(idx_Bl, k) if codes_BlC is None else self.code_map(codes_BlC, k)
+        f_hat.add_(self.phi(k, self.upsample(k, h)))
         if k == self.num_scales - 1:
             return None
         p = self.patch_nums[k + 1]

@@ -214,18 +214,20 @@ def test_gpu_acceptance_script_runs_tiny_on_the_cpu(capsys, monkeypatch):
 
 def test_tf32_is_set_as_the_published_scripts_set_it():
     from cli.args import published_numerics
-    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic
     try:
         torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.deterministic = False
         assert published_numerics(torch.device("cpu"), True) is False  # the CPU is left alone
-        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.deterministic
         assert published_numerics(torch.device("cuda"), True) is True
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert published_numerics(torch.device("cuda"), False) is False
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.set_float32_matmul_precision(before[0])
-        torch.backends.cudnn.allow_tf32 = before[1]
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = before[1], before[2]
 
 
 def test_check_cost_benchmark_runs_and_counts_the_checks_of_a_run():

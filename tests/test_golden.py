@@ -14,6 +14,7 @@ from code import collaborative_generate, var_generate
 from models import build_vae, build_var
 
 GOLDEN = Path(__file__).parent / "data" / "tiny_published.pt"
+SMOOTH = Path(__file__).parent / "data" / "tiny_published_smooth.pt"  # the published samplers with more_smooth
 DERIVED = ("lvl_1L", "attn_bias_for_masking", "zero_k_bias", "ema_vocab_hit_SV")  # follow from the config
 PATCH_NUMS = (1, 2, 3, 4)
 LOGITS_ATOL = 1e-5  # an exact GELU moves the logits by ~7e-5
@@ -50,6 +51,11 @@ def fill_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def golden():
     return torch.load(GOLDEN, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    return torch.load(SMOOTH, weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +111,18 @@ def test_collaborative_images(golden, models, name, n, kwargs):
     vae, big, small = models
     images = collaborative_generate(big, small, vae, golden["labels"], draft_steps=n, **kwargs)
     torch.testing.assert_close(images, golden[name], rtol=0, atol=IMAGE_ATOL)
+
+
+@same_stream
+@pytest.mark.parametrize("name, n, kwargs", [
+    ("var_smooth", None, dict(cfg=2.0, top_k=20, top_p=0.9, temperature=1.0, seed=7)),
+    ("code2_smooth", 2, dict(cfg=1.5, top_k=20, top_p=0.96, temperature=[1.1, 1.1, 1.1, 1.0], seed=5)),
+])
+def test_more_smooth_images(golden, smooth, models, name, n, kwargs):
+    """Gumbel-softmax next-scale inputs drawn from the sampler's generator; the refiner restarts the stream."""
+    vae, big, small = models
+    if n is None:
+        images = var_generate(big, vae, golden["labels"], more_smooth=True, **kwargs)
+    else:
+        images = collaborative_generate(big, small, vae, golden["labels"], draft_steps=n, more_smooth=True, **kwargs)
+    torch.testing.assert_close(images, smooth[name], rtol=0, atol=IMAGE_ATOL)

@@ -120,6 +120,19 @@ def test_seed_and_dtype_flags(small_ckpts, tmp_path):
     assert "bfloat16" in (tmp_path / "bf16" / "run.json").read_text()
 
 
+def test_more_smooth_needs_eager_decodes_its_own_f_hat_and_binds_a_resume(small_ckpts, tmp_path):
+    one = ["--classes", "4", "--per_class", "1"]
+    with pytest.raises(UsageError, match="--more_smooth runs on the eager path only: add --eager"):
+        sample(small_argv(small_ckpts, tmp_path / "fast", *one, "--more_smooth"))
+    smooth = npz_array(sample(small_argv(small_ckpts, tmp_path, *one, "--more_smooth", "--eager")))
+    vae, drafter, refiner = small_models(small_ckpts)
+    image = collaborative_generate(drafter, refiner, vae, [4], draft_steps=2, seed=image_seed(0, ImageKey(4, 0)),
+                                   cfg=1.5, top_k=600, top_p=0.96, temperature=[1.1, 1.0, 1.0, 1.0], more_smooth=True)
+    assert np.array_equal(smooth[0], (image.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)[0])
+    with pytest.raises(UsageError, match="more_smooth: True in the folder, False now"):
+        sample(small_argv(small_ckpts, tmp_path, *one, "--eager"))
+
+
 def test_batch_size_does_not_change_the_images(reference, small_ckpts, tmp_path):
     npz = sample(small_argv(small_ckpts, tmp_path, "--batch_size", "5"))
     assert npz.read_bytes() == reference[1]

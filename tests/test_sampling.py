@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from code import var_generate
+from code import CollaborativeDecoder, TokenEdit, collaborative_generate, var_generate
 from code.sampling import SamplingConfig, cfg_mix, filter_top_k_top_p_, sample_tokens
 
 
@@ -112,3 +112,38 @@ def test_random_labels_need_a_single_generator(pair):
     vae, var = pair
     with pytest.raises(ValueError, match="pass the labels"):
         var_generate(var, vae, None, batch_size=2, generator=[torch.Generator(), torch.Generator()])
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_more_smooth_keeps_images_batch_independent_in_a_chain(pair):
+    """Each image's Gumbel draws, and the refiner's restart of its stream, come from its own generator."""
+    vae, var = pair
+    kw = dict(draft_steps=2, more_smooth=True, top_k=5)
+    big = collaborative_generate(var, var, vae, [1, 2, 3, 4, 5], generator=gens([10, 11, 12, 13, 14]), **kw)
+    small = collaborative_generate(var, var, vae, [3, 4], generator=gens([12, 13]), **kw)
+    torch.testing.assert_close(big[2:4], small)
+    torch.testing.assert_close(big[2:3], collaborative_generate(var, var, vae, [3], seed=12, **kw))
+    plain = collaborative_generate(var, var, vae, [3], seed=12, draft_steps=2, top_k=5)
+    assert (plain - big[2:3]).abs().max() > 1e-3  # the smoothing changes the picture
+
+
+def test_more_smooth_keeps_edited_tokens_exact(pair):
+    """Outside an edit's mask the next-scale input is the kept token's codebook entry, not a smoothed one."""
+    vae, var = pair
+    _, tokens = var_generate(var, vae, [1, 2], seed=3, return_tokens=True)
+    tokens = [t.flatten(1) for t in tokens]
+    edit = TokenEdit(tokens, [torch.zeros_like(t, dtype=torch.bool) for t in tokens])
+    state = CollaborativeDecoder(vae, [var]).state([1, 2], seed=0, more_smooth=True, edit=edit)
+    torch.testing.assert_close(state.f_hat, vae.quantize.tokens_to_fhat(tokens))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(fast=True), "eager path only"), (dict(greedy=True), "choose one"), (dict(more_smooth=1), "True or False"),
+])
+def test_more_smooth_refused_where_it_does_not_apply(pair, kwargs, message):
+    vae, var = pair
+    with pytest.raises(ValueError, match=message):
+        var_generate(var, vae, [1], seed=0, **{"more_smooth": True, **kwargs})

@@ -12,8 +12,8 @@ from PIL import Image
 
 import infer_CoDe
 import infer_original
-from cli.args import UsageError, exit_on_error
-from code import CollaborativeDecoder, box_mask, collaborative_generate, inpaint, var_generate
+from cli.args import UsageError, code_temperature, exit_on_error
+from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
@@ -118,6 +118,32 @@ def test_fast_flag_gives_the_eager_grid_and_report(small_ckpts, tmp_path, capsys
     assert np.array_equal(read_png(eager), read_png(fast))  # fp32 on the CPU: the fast path equals the eager one
     report = capsys.readouterr().out
     assert "cpu float32, fast path" in report and report.count("latency without the VQVAE decoder") == 2
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_fast_decoder_copy_is_in_dtype_as_the_help_says(small_ckpts, tmp_path, monkeypatch, dtype, torch_dtype):
+    built = []
+    monkeypatch.setattr(infer_CoDe, "FastPath", lambda *a, **k: built.append(FastPath(*a, **k)) or built[-1])
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "--fast", "--dtype", dtype,
+                               "--output", str(tmp_path / "grid.png")))
+    assert built[0].decoder.dtype == torch_dtype
+    assert {m.head.weight.dtype for m in built[0].models} == {torch_dtype}
+
+
+def test_more_smooth_flag_reaches_the_library_on_the_eager_path_only(small_ckpts, tmp_path):
+    out = tmp_path / "grid.png"
+    run(infer_CoDe, small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1,2", "--seed", "5",
+                               "--more_smooth", "--output", str(out)))
+    vae, drafter, refiner = load_small(small_ckpts)
+    expected = collaborative_generate(drafter, refiner, vae, [1, 2], draft_steps=2, seed=5, cfg=4.0, top_k=600,
+                                      top_p=0.95, temperature=code_temperature(4), more_smooth=True)
+    assert np.array_equal(read_png(out), grid_of(expected))
+    run(infer_original, ["--model_ckpt", str(small_ckpts["drafter"]), "--vae_ckpt", str(small_ckpts["vae"]),
+                         "--class_labels", "8", "--more_smooth", "--output", str(out), "--device", "cpu"])
+    expected = var_generate(drafter, vae, [8], seed=42, cfg=4.0, top_k=900, top_p=0.95, more_smooth=True)
+    assert np.array_equal(read_png(out), grid_of(expected))
+    with pytest.raises(UsageError, match="--more_smooth runs on the eager path only: leave out --fast"):
+        run(infer_CoDe, small_args(small_ckpts, "--more_smooth", "--fast", "--output", str(out)))
 
 
 @pytest.mark.parametrize("steps, unused", [("0", "drafter"), ("4", "refiner")])
