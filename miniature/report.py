@@ -71,15 +71,18 @@ def cell_name(n: int, drafter: str, refiner: str) -> str:
 
 
 def load_runs(path: Path) -> list[Run]:
+    """The runs of a results.jsonl; a run that appears twice (same setting, seeds and sampling settings) counts
+    once, so that a file assembled from two evaluations does not weigh it double."""
     if not path.is_file():
         return []
-    runs = []
+    runs: dict[tuple, Run] = {}
     for line in path.read_text().splitlines():
         try:
-            runs.append(Run(**json.loads(line)))
+            r = Run(**json.loads(line))
         except (ValueError, TypeError):
             continue  # a line torn by a kill: that run is done again
-    return runs
+        runs.setdefault((r.name, r.train_seed, r.sample_seed, r.config), r)
+    return list(runs.values())
 
 
 def per_seed(runs: list[Run], name: str, field: str) -> dict[int, float]:
@@ -261,6 +264,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: no runs in {folder / 'results.jsonl'}: give a folder that miniature.evaluate wrote "
                   f"(or a copy of its results.jsonl and meta.json)", file=sys.stderr)
             return 2
+        latest = [r for r in runs if r.config == runs[-1].config]  # the sampling settings of the last evaluation
+        if len(latest) < len(runs):
+            print(f"{folder}: {len(runs) - len(latest)} runs under other sampling settings are left out")
+        runs = latest
         meta_file = folder / "meta.json"
         write_report(runs, folder, json.loads(meta_file.read_text()) if meta_file.is_file() else {})
         print(f"wrote the tables of {len(runs)} runs to {folder}")

@@ -240,8 +240,12 @@ def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     # the tables rebuild from the raw results alone
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("results.jsonl", "meta.json"):
-        (copy / name).write_bytes((ev / name).read_bytes())
+    (copy / "meta.json").write_bytes((ev / "meta.json").read_bytes())
+    lines = (ev / "results.jsonl").read_text().splitlines()
+    other = json.loads(lines[5])
+    other["config"], other["accuracy"] = "{}", 0.9  # an evaluation under other sampling settings is left out
+    # a run listed twice counts once
+    (copy / "results.jsonl").write_text("\n".join([json.dumps(other), *lines, *lines[:3]]) + "\n")
     assert report.main(report.parse_args([str(copy)])) == 0
     for name in ("table.md", "table.csv", "factorial.md", "effects.md", "orderings.md"):
         assert (copy / name).read_text() == (ev / name).read_text(), name
