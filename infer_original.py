@@ -40,7 +40,7 @@ def main(args: argparse.Namespace):
         fast = FastPath(decoder, check=args.fast_check, decoder_dtype=dtype) if args.fast else None
         images, timing = timed_generation(
             device, labels.shape[0],
-            lambda: decoder.state(labels, seed=args.seed, sampling=sampling, fast=fast or False),
+            lambda: decoder.state(labels, seed=args.seed, sampling=sampling, fast=fast),
             lambda state: decoder.decode(state.f_hat, fast))
     save_and_report(args, files, images, timing, device, dtype, fast)
     return images, timing

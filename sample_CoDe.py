@@ -46,10 +46,10 @@ from cli.args import (UsageError, add_device_args, add_sampling_args, autocast, 
                       sampling_config, setup_logging, writable_dir)
 from cli.checkpoints import add_code_args, load_code
 from cli.miniature import DRAFT_STEPS, LARGE_DEPTH, SMALL_DEPTH, add_miniature_arg, parse_with_miniature
-from cli.sample_writer import BatchWriter
-from cli.samples import (CHECKSUMS, MAX_PER_CLASS, MAX_SEED, Batch, ImageKey, SampleFolder, checkpoint_identity,
-                         image_seed, plan, rank_keys)
 from code import CollaborativeDecoder, FastPath, SamplingConfig
+from fid.samples import (CHECKSUMS, MAX_PER_CLASS, MAX_SEED, Batch, ImageKey, SampleFolder, checkpoint_identity,
+                         image_seed, plan, rank_keys)
+from fid.writer import BatchWriter
 from utils.dist import DistInfo, barrier, cleanup, init_distributed
 from utils.images import ROUNDING, quantize
 from utils.lock import FolderLock
@@ -102,7 +102,7 @@ def generate_batch(decoder: CollaborativeDecoder, keys: list[ImageKey], sampling
     generators = [torch.Generator(device=device).manual_seed(image_seed(args.seed, k)) for k in keys]
     labels = torch.tensor([k.cls for k in keys], device=device)
     with autocast(device, dtype):
-        state = decoder.state(labels, generator=generators, sampling=sampling, fast=fast or False)
+        state = decoder.state(labels, generator=generators, sampling=sampling, fast=fast)
         # f_hat again from the tokens, chunk by chunk: a chunk's pixels then depend on its images alone (the
         # batch's own f_hat went through phi's convolutions with the whole batch); more_smooth's is not the tokens'
         c = args.decode_chunk

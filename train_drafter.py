@@ -9,47 +9,61 @@ Recipe of the paper: base lr 1e-6, weight decay 0.08, 5% of VAR's 350 epochs (17
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 import torch
 
-from code.losses import drafter_ce
-from models import VAR, VQVAE
-from training.args import Defaults, add_finetune_args, check_run_args, finetune_config, run_config, training_parser
-from training.config import FinetuneConfig
-from training.run import run
-from training.var_jobs import Batch, finetune_job
+from cli.args import exit_on_error, setup_logging
+from cli.train_args import add_finetune_args, check_finetune_args, parse_training_args, train_config, training_parser
+from models import load_vae, load_var
+from training.config import TrainConfig
+from training.data import ImageFolder, ImageTransform
+from training.losses import drafter_ce
+from training.state import export_weights
+from training.tokens import check_classes, check_draft_steps, fits, make_batch
+from training.train import train
+from utils.dist import is_rank_zero, local_device
+from utils.hub import var_file
 
-DEFAULTS = Defaults(output_dir="output/drafter", lr=1e-6, wd=0.08, epochs=17.5)
+RECIPE = TrainConfig(output_dir=Path("output/drafter"), lr=1e-6, wd=0.08, epochs=17.5)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser(__doc__, DEFAULTS)
+    p = training_parser(__doc__, RECIPE)
     add_finetune_args(p, "drafter", depth=30)
-    args = check_run_args(p, p.parse_args(argv))
-    args.finetune = finetune_config(p, args, "drafter")
+    args = parse_training_args(p, argv)
+    check_finetune_args(p, args)
     return args
 
 
-def drafter_objective(draft_steps: int):
-    """Teacher-forced pass over scales 1..N, cross-entropy on them."""
-    def objective(student: VAR, vae: VQVAE, device: torch.device):
-        offsets = student.config.offsets
+def main(args: argparse.Namespace) -> None:
+    config = train_config(args)
+    setup_logging(is_rank_zero(), config.output_dir / "train.log")
+    device, n = local_device(config.device), args.draft_steps
 
-        def step_fn(model: torch.nn.Module, batch: Batch, step: int, total_steps: int):
-            logits_BlV = model(batch.labels_B, batch.inputs, stop_scale=draft_steps)
-            ce = drafter_ce(logits_BlV, batch.gt_BL, draft_steps, offsets)
-            return ce, {"ce": ce.detach()}
+    torch.manual_seed(config.seed)
+    init = args.init or var_file(args.depth)
+    drafter = load_var(init, depth=args.depth, ckpt_dir=args.ckpt_dir)
+    check_draft_steps(n, drafter, "drafter")
+    vae = load_vae(args.vae, patch_nums=drafter.config.patch_nums, device=device, ckpt_dir=args.ckpt_dir)
+    vae.eval().requires_grad_(False)
+    fits(vae, [drafter], f"the drafter ({init})")
+    drafter.set_drop_path(args.drop_path)
+    offsets, null_class = drafter.config.offsets, drafter.config.num_classes
 
-        return step_fn, offsets[draft_steps]
-    return objective
+    def loss_step(model: torch.nn.Module, batch: tuple, step: int, total_steps: int):
+        """Teacher-forced pass over scales 1..N, cross-entropy on them."""
+        b = make_batch(vae, *batch, null_class, device)
+        ce = drafter_ce(model(b.labels_B, b.inputs, stop_scale=n), b.gt_BL, n, offsets)
+        return ce, {"ce": ce.detach()}
 
-
-def main(args: argparse.Namespace) -> int:
-    cfg: FinetuneConfig = args.finetune
-    return run(run_config(args), lambda config, info, resume: finetune_job(cfg, info, resume,
-                                                                           drafter_objective(cfg.draft_steps)))
+    data = ImageFolder(config.data_path / "train", ImageTransform(vae.config.image_size, hflip=config.hflip),
+                       seed=config.seed, cond_drop=args.cond_drop)
+    check_classes(data, drafter)
+    recipe = {"draft_steps": n, "drop_path": args.drop_path, "cond_drop": args.cond_drop}
+    if train(config, drafter, loss_step, data, role="drafter", recipe=recipe, tokens_per_sample=offsets[n]):
+        export_weights(drafter, config.output_dir / f"drafter_{n}.pth")
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    exit_on_error(main, parse_args())

@@ -14,25 +14,26 @@ patch_nums included.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli.args import exit_on_error, setup_logging
+from cli.train_args import parse_training_args, train_config, training_parser
 from models import VQVAE, VQVAEConfig
-from models.quant import QuantOutput
-from training.args import Defaults, check_run_args, run_config, training_parser
+from training.config import TrainConfig
+from training.data import ImageFolder, ImageTransform
 from training.log import log
-from training.run import Job, run
-from training.vision_jobs import ImageBatch, image_batches
+from training.train import train
 from utils.checkpoint import atomic_save
-from utils.dist import DistInfo
+from utils.dist import is_rank_zero, local_device
 
 # peak lr 2e-3 at batch 32: the base rate per 256 images is 1.6e-2
-DEFAULTS = Defaults(output_dir="outputs/vqvae", lr=1.6e-2, wd=0.0, max_steps=1500, batch_size=32, global_batch=None,
-                    schedule="cosine", warmup_ratio=0.05, clip=1.0, num_workers=0, save_every=0)
+RECIPE = TrainConfig(output_dir=Path("outputs/vqvae"), lr=1.6e-2, wd=0.0, max_steps=1500, batch_size=32,
+                     default_global_batch=None, schedule="cosine", warmup_ratio=0.05, clip=1.0, num_workers=0,
+                     save_every=0)
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
@@ -43,7 +44,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser(__doc__, DEFAULTS)
+    p = training_parser(__doc__, RECIPE)
     a = p.add_argument_group("model (miniature defaults: 16x16 images -> an 8x8 latent in 6 scales)").add_argument
     a("--ch", type=int, default=32, help="base width, a multiple of 32 (default %(default)s)")
     a("--ch_mult", type=int_tuple, default=(1, 1), help="width multipliers per level; 2^(levels-1) downsampling")
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--z_channels", type=int, default=8, help="latent channels, Cvae (default %(default)s)")
     a("--patch_nums", type=int_tuple, default=(1, 2, 3, 4, 6, 8), help="token-map sides; the last is the latent's")
     a("--beta", type=float, default=0.25, help="commitment weight (default %(default)g)")
-    args = check_run_args(p, p.parse_args(argv))
+    args = parse_training_args(p, argv)
     try:
         args.config = VQVAEConfig(vocab_size=args.vocab_size, z_channels=args.z_channels, ch=args.ch,
                                   ch_mult=args.ch_mult, num_res_blocks=args.num_res_blocks,
@@ -62,24 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Autoencoder(nn.Module):
-    """The training view of a VQVAE: image -> (reconstruction, quantiser output), differentiable end to end."""
-
-    def __init__(self, vae: VQVAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, QuantOutput]:
-        q = self.vae.quantize(self.vae.encode_latent(img_B3HW))
-        return self.vae.decoder(self.vae.post_quant_conv(q.f_hat)), q  # unclamped, so that gradients pass
-
-
-def step_fn(module: nn.Module, batch: ImageBatch, step: int, total_steps: int):
-    recon, q = module(batch.images)
-    l1, l2 = F.l1_loss(recon, batch.images), F.mse_loss(recon, batch.images)
-    parts = {"l1": l1.detach(), "mse": l2.detach(), "vq": q.loss.detach()}
-    parts.update({f"use{k}": u for k, u in enumerate(q.usage)})
-    return l1 + l2 + q.loss, parts
+def new_vqvae(config: VQVAEConfig) -> VQVAE:
+    """A fresh VQVAE; codes start near 0, inside the encoder's range: every code is some vector's nearest."""
+    vae = VQVAE(config)
+    nn.init.uniform_(vae.quantize.embedding.weight, -1 / config.vocab_size, 1 / config.vocab_size)
+    return vae
 
 
 def codes_in_use(vae: VQVAE, threshold: float = 0.01) -> list[float]:
@@ -87,26 +75,32 @@ def codes_in_use(vae: VQVAE, threshold: float = 0.01) -> list[float]:
     return (vae.quantize.ema_vocab_hit_SV > threshold).float().mean(1).tolist()
 
 
-def export(vae: VQVAE, out: Path) -> Path:
-    path = out / "vqvae.pth"
-    use = codes_in_use(vae)
-    log.info("codebook in use per scale (recent batches): %s", " ".join(f"{u:.0%}" for u in use))
-    atomic_save({"model": {k: v.detach().float() for k, v in vae.state_dict().items()},
-                 "config": vae.config.to_dict()}, path)
-    return path
+def main(args: argparse.Namespace) -> None:
+    config = train_config(args)
+    setup_logging(is_rank_zero(), config.output_dir / "train.log")
+    device = local_device(config.device)
 
+    torch.manual_seed(config.seed)
+    vae = new_vqvae(args.config)
 
-def make_job(args: argparse.Namespace, info: DistInfo) -> Job:
-    vae = VQVAE(args.config)
-    V = args.config.vocab_size  # codes start near 0, inside the encoder's range: every code is some vector's nearest
-    nn.init.uniform_(vae.quantize.embedding.weight, -1 / V, 1 / V)
-    return Job("vqvae", vae, step_fn, image_batches(info.device), export, args.config.image_size,
-               module=Autoencoder(vae))
+    def loss_step(model: nn.Module, batch: tuple, step: int, total_steps: int):
+        """L1 + L2 reconstruction plus the quantiser's loss; the per-scale codebook use of the batch."""
+        images = batch[0].to(device)
+        recon, q = model(images)
+        l1, l2 = F.l1_loss(recon, images), F.mse_loss(recon, images)
+        parts = {"l1": l1.detach(), "mse": l2.detach(), "vq": q.loss.detach()}
+        parts.update({f"use{k}": u for k, u in enumerate(q.usage)})
+        return l1 + l2 + q.loss, parts
 
-
-def main(args: argparse.Namespace) -> int:
-    return run(run_config(args), lambda config, info, resume: make_job(args, info))
+    data = ImageFolder(config.data_path / "train", ImageTransform(args.config.image_size, hflip=config.hflip),
+                       seed=config.seed)
+    if train(config, vae, loss_step, data, role="vqvae"):
+        path = config.output_dir / "vqvae.pth"
+        log.info("codebook in use per scale (recent batches): %s", " ".join(f"{u:.0%}" for u in codes_in_use(vae)))
+        atomic_save({"model": {k: v.detach().float() for k, v in vae.state_dict().items()},
+                     "config": vae.config.to_dict()}, path)
+        log.info("exported %s", path)
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    exit_on_error(main, parse_args())

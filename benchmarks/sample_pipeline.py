@@ -7,7 +7,7 @@ A stand-in replaces the GPU: each batch "generates" by sleeping --gpu_s seconds 
 decoding and uint8 conversion included, as sample_CoDe.py does them on the GPU; the sleeping thread uses no CPU,
 as a thread waiting on a CUDA sync) and returns uint8 pixels. Everything after that is the real code of
 sample_CoDe.py: the copy to host memory in the main thread (a memcpy stands for the device-to-host copy), then
-cli.sample_writer's threads writing PNGs and shards, then the .npz assembled from the shards. The baseline is the published script's
+fid.writer's threads writing PNGs and shards, then the .npz assembled from the shards. The baseline is the published script's
 host side, written here from its description: per image `Image.fromarray(x).save(path.png)` in the main thread,
 then create_npz_from_sample_folder, which reads every PNG back into one array and np.savez-es it.
 
@@ -34,8 +34,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.sample_writer import BatchWriter  # noqa: E402
-from cli.samples import Batch, SampleFolder, plan  # noqa: E402
+from fid.samples import Batch, SampleFolder, plan  # noqa: E402
+from fid.writer import BatchWriter  # noqa: E402
 from utils.images import quantize  # noqa: E402
 
 

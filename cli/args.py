@@ -1,9 +1,9 @@
-"""Flags shared by the inference and sampling scripts (sampling, device, labels), their parsing, and clean exits.
+"""What every script shares: flag types, the sampling and device flags, logging, and clean exits.
 
 Exit status, for every script: 0 done; 2 the command or its inputs need fixing (a bad flag, a missing or unusable
 checkpoint, image, data or output folder, a folder another run holds; argparse's own errors too); 1 the run failed
-otherwise (a write error such as a full disk, out of memory, the fast path failing to compile); 130 interrupted
-(Ctrl-C). Errors print one line, `error: ...`, without a traceback (docs/errors.md has the table).
+otherwise (a write error such as a full disk, out of memory, the fast path failing to compile, a training loss
+that became NaN); 130 interrupted (Ctrl-C). Errors print one line, `error: ...`, without a traceback (docs/errors.md has the table).
 """
 from __future__ import annotations
 
@@ -18,41 +18,45 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from code import FastPathError, SamplingConfig, is_out_of_memory
-from utils.checkpoint import CheckpointError
-from utils.lock import LockError
+from code import SamplingConfig, is_out_of_memory
+from utils.errors import RunError, UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class UsageError(Exception):
-    """A problem with the command's inputs, reported as one line without a traceback."""
-
-
+DTYPE_CHOICES = ("auto", *DTYPES)  # auto: per script, stated in its --help
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
-    """Under torchrun every rank meets the same bad input: rank 0 alone prints it; a failed run is printed by each
-    rank it happened on (with its rank); every rank exits with the code."""
+def exit_code(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """Run main(args): 0, or the exit status of its error, printed as one line. Under torchrun every rank meets
+    the same bad input: rank 0 alone prints it; a failed run is printed by each rank it happened on (with its
+    rank). Any other exception is raised (a bug: its traceback is wanted)."""
     rank = os.environ.get("RANK", "0")
     try:
         main(args)
-    except (UsageError, CheckpointError, LockError, FileNotFoundError, NotADirectoryError) as e:
-        fail(e, EXIT_USAGE, rank, quiet_ranks=True)
+        return 0
+    except (UsageError, FileNotFoundError, NotADirectoryError) as e:
+        return fail(e, EXIT_USAGE, rank, quiet_ranks=True)
     except KeyboardInterrupt:
         if rank == "0":
             print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as e:
         if is_out_of_memory(e):
             batch = getattr(args, "batch_size", None)
-            fail(f"out of memory ({one_line(e)}): use a smaller --batch_size"
-                 f"{f' (now {batch})' if batch else ''}", EXIT_FAILED, rank)
-        if isinstance(e, (FastPathError, OSError)):  # a write that failed (full disk, permissions), a compile
-            fail(e, EXIT_FAILED, rank)
+            return fail(f"out of memory ({one_line(e)}): use a smaller --batch_size"
+                        f"{f' (now {batch})' if batch else ''}", EXIT_FAILED, rank)
+        if isinstance(e, (RunError, OSError)):  # a write that failed (full disk, permissions), a compile, a NaN
+            return fail(e, EXIT_FAILED, rank)
         raise
+
+
+def exit_on_error(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """The scripts' entry point: main(args), exiting with exit_code's status when it is not 0."""
+    code = exit_code(main, args)
+    if code:
+        sys.exit(code)
 
 
 def one_line(e: BaseException | str) -> str:
@@ -60,17 +64,43 @@ def one_line(e: BaseException | str) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def fail(e: BaseException | str, code: int, rank: str = "0", quiet_ranks: bool = False) -> None:
+def fail(e: BaseException | str, code: int, rank: str = "0", quiet_ranks: bool = False) -> int:
     """Bad input is the same on every rank (rank 0 says it); a failure may be one rank's own (each says it)."""
     if rank == "0":
         print(f"error: {e}", file=sys.stderr)
     elif not quiet_ranks:
         print(f"error: rank {rank}: {e}", file=sys.stderr)
-    sys.exit(code)
+    return code
 
 
-def setup_logging(is_main: bool = True) -> None:
+class TqdmHandler(logging.Handler):
+    """Writes above a progress bar instead of through it (to the sys.stderr of the moment)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(is_main: bool = True, log_file: Path | None = None) -> None:
+    """Messages at INFO from rank 0, WARNING from the others, on stderr. With `log_file` (the training scripts'
+    OUTPUT_DIR/train.log, rank 0 only), the `training` logger writes there too, with times, and above the progress
+    bar on stderr; the other ranks' training messages carry their rank."""
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s")
+    if log_file is None:
+        return
+    log = logging.getLogger("training")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = False
+    log.setLevel(logging.INFO if is_main else logging.ERROR)
+    stderr = TqdmHandler()
+    stderr.setFormatter(logging.Formatter("%(message)s" if is_main else f"[rank {os.environ.get('RANK')}] %(message)s"))
+    log.addHandler(stderr)
+    if is_main:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(log_file)
+        file.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(file)
 
 
 # ---- argument types ---------------------------------------------------------------------------------
@@ -173,9 +203,10 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, cfg: float, top_k, top
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device")
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="compute precision: generation under torch.autocast with this dtype, as published (default "
-                        "fp16 on CUDA, as the published scripts; fp32 on CPU, which turns autocast off). The eager "
+                        "auto: fp16 on CUDA, as the published scripts; fp32 on CPU, which turns autocast off; the "
+                        "training scripts' auto is bf16 on CUDA). The eager "
                         "path keeps fp32 weights; the fast path loads the linear weights in this dtype")
     g.add_argument("--no_tf32", dest="tf32", action="store_false",
                    help="keep CUDA's float32 matmuls and convolutions in full float32 (default: TF32, as the "
@@ -221,11 +252,18 @@ def resolve_device(text: str | None) -> torch.device:
         raise UsageError(f"--device {text}: only cuda, cuda:N and cpu are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {text}: CUDA is not available here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {text}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                         f"(cuda:0..cuda:{count - 1})")
     return device
 
 
 def resolve_dtype(text: str | None, device: torch.device) -> torch.dtype:
-    return DTYPES[text] if text is not None else (torch.float16 if device.type == "cuda" else torch.float32)
+    """--dtype of the inference scripts: auto (or None) is fp16 on CUDA, as published, fp32 elsewhere."""
+    if text in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[text]
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:

@@ -1,4 +1,4 @@
-"""Collaborative Decoding (CoDe) of VAR models: sampling, the scale loop, chains, the fast path, editing, losses.
+"""Collaborative Decoding (CoDe) of VAR models: sampling, the scale loop, chains, the fast path, editing.
 
 This package is named `code` as in the published layout, which shadows Python's standard `code` module when a
 script runs from the repository root. Two consequences shape this file:

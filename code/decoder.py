@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from models import VAR, VQVAE
+from models import VAR, VQVAE, check_compatible
 
 from .fast import FastPath
 from .fast_check import after_generation
@@ -32,19 +32,6 @@ def chain_stops(draft_steps: int | Sequence[int], num_models: int, num_scales: i
     if steps != sorted(steps):
         raise ValueError(f"draft_steps of a chain must not decrease, got {steps}")
     return steps + [num_scales]
-
-
-def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
-    """Every model of a chain must speak the VQVAE's token language and know the same classes."""
-    for i, m in enumerate(models):
-        c = m.config
-        for what, mine, theirs in (("patch_nums", c.patch_nums, vae.patch_nums), ("vocab_size", c.vocab_size,
-                                   vae.vocab_size), ("latent channels (Cvae)", c.cvae, vae.Cvae)):
-            if mine != theirs:
-                raise ValueError(f"model {i} (depth {c.depth}) has {what}={mine} but the VQVAE has {theirs}: "
-                                 "all models in a collaborative chain must share one tokenizer")
-        if c.num_classes != models[0].config.num_classes:
-            raise ValueError(f"model {i} has {c.num_classes} classes but model 0 has {models[0].config.num_classes}")
 
 
 @dataclass(eq=False)
@@ -85,8 +72,9 @@ class CollaborativeDecoder:
         starts = [0] + self.stops[:-1]
         return [(m, a, b) for m, a, b in zip(self.models, starts, self.stops) if a < b]
 
-    def fast_path(self, fast: bool | FastPath) -> FastPath | None:
-        """None for the eager path, a new FastPath for fast=True, or the given one (checked against this chain)."""
+    def fast_path(self, fast: bool | FastPath | None) -> FastPath | None:
+        """What `fast=` means in every call: False or None the eager path (returns None), True a new FastPath, or the
+        given FastPath (checked against this chain)."""
         if fast is False or fast is None:
             return None
         if fast is True:
@@ -100,7 +88,7 @@ class CollaborativeDecoder:
     @torch.no_grad()
     def state(self, labels=None, *, batch_size: int | None = None, seed: int | None = None,
               generator: Generators = None, sampling: SamplingConfig | None = None, edit: TokenEdit | None = None,
-              keep_logits: bool = False, fast: bool | FastPath = False, **sampling_kwargs) -> DecodeState:
+              keep_logits: bool = False, fast: bool | FastPath | None = False, **sampling_kwargs) -> DecodeState:
         """The K token maps and f_hat of `labels` (see __call__ for the arguments), without decoding."""
         if sampling is not None and sampling_kwargs:
             raise ValueError(f"pass either sampling= or {', '.join(sampling_kwargs)}, not both")
@@ -118,15 +106,17 @@ class CollaborativeDecoder:
         return state
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, fast: FastPath | None = None, chunk: int | None = None) -> torch.Tensor:
+    def decode(self, f_hat: torch.Tensor, fast: bool | FastPath | None = False, chunk: int | None = None
+               ) -> torch.Tensor:
         """f_hat -> images in [0, 1] as (B, 3, H, W) float32, `chunk` images per decoder call (all at once by
         default; a FastPath decodes with its bf16 decoder copy, in its own chunks)."""
-        if fast is not None:
-            return fast.decode(f_hat)
+        path = self.fast_path(fast)
+        if path is not None:
+            return path.decode(f_hat)
         return torch.cat([self.vae.fhat_to_unit(f) for f in f_hat.split(chunk or f_hat.shape[0])])
 
     @torch.no_grad()
-    def __call__(self, labels=None, *, return_tokens: bool = False, fast: bool | FastPath = False, **kwargs):
+    def __call__(self, labels=None, *, return_tokens: bool = False, fast: bool | FastPath | None = False, **kwargs):
         """Images in [0, 1] as (B, 3, H, W) float32; with return_tokens, also the K token maps (B, p, p).
 
         labels: class ids (an int, a list or a tensor), or None with batch_size to draw them. Sampling: cfg (linear
@@ -134,10 +124,10 @@ class CollaborativeDecoder:
         applies after filtering), greedy, or sampling=SamplingConfig(...). Randomness: seed, or generator (one
         torch.Generator, or one per image so that each image is independent of its batch). edit: a TokenEdit
         (tokens kept from a source outside a mask). keep_logits: keep every scale's raw logits in the state.
-        fast: True, or a FastPath built from this decoder.
+        fast: True, or a FastPath built from this decoder (False or None: the eager path).
         """
         path = self.fast_path(fast)
-        state = self.state(labels, fast=path or False, **kwargs)
+        state = self.state(labels, fast=path, **kwargs)
         images = self.decode(state.f_hat, path)
         if not return_tokens:
             return images

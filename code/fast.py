@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from models import VAR, VQVAE
 from models.kv_cache import KVCache
+from utils.errors import RunError
 
 from .loop import cache_length, scale_logits
 from .sampling import draw_from_noise, fill_noise_
@@ -46,7 +47,7 @@ RECOMPILE_LIMIT = 512
 AUTO = "auto"
 
 
-class FastPathError(RuntimeError):
+class FastPathError(RunError):
     """Compiling or capturing a pass failed on this machine; the eager path (fast=False, --eager) still works."""
 
 

@@ -18,7 +18,6 @@ the names miniature.evaluate and miniature.demo read; --ship copies the base mod
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import time
@@ -26,10 +25,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from . import evaluate
+import train_drafter
+import train_refiner
+import train_var
+import train_vqvae
+from cli.args import exit_code
+
+from . import evaluate, shapes, train_classifier
 from .files import SHIPPED, MiniatureFiles, suffix
 
 
@@ -155,10 +161,21 @@ def control_argv(data: Path, files: MiniatureFiles, out: Path, n: int, sizes: Si
 
 
 @dataclass(frozen=True)
+class Script:
+    """A stage's script: its own parse_args and main (module-level functions, so that a Task pickles)."""
+    parse_args: Callable[[list[str]], argparse.Namespace]
+    main: Callable[[argparse.Namespace], object]
+
+
+SHAPES, VQVAE, CLASSIFIER = (Script(m.parse_args, m.main) for m in (shapes, train_vqvae, train_classifier))
+VAR, DRAFTER, REFINER = (Script(m.parse_args, m.main) for m in (train_var, train_drafter, train_refiner))
+
+
+@dataclass(frozen=True)
 class Task:
-    """One stage: `python -m module argv` in effect, then `produced` copied to `target` (skipped if it exists)."""
+    """One stage: the script run with argv, then `produced` copied to `target` (skipped if it exists)."""
     name: str
-    module: str
+    script: Script
     argv: list[str]
     produced: Path
     target: Path
@@ -168,9 +185,8 @@ def run_task(task: Task, threads: int) -> tuple[int, float]:
     """(exit status, seconds); a top-level function, so that a spawned worker process can run it."""
     if threads:
         torch.set_num_threads(threads)
-    module = importlib.import_module(task.module)
     start = time.perf_counter()
-    status = module.main(module.parse_args(task.argv))
+    status = exit_code(task.script.main, task.script.parse_args(task.argv))
     if status == 0 and task.produced != task.target:
         copy(task.produced, task.target)
     return status, time.perf_counter() - start
@@ -180,22 +196,22 @@ def waves(work: Path, sizes: Sizes, threads: int) -> list[list[Task]]:
     """The stages in order; the tasks of one wave do not depend on each other."""
     data, runs = work / "data", work / "runs"
     files = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth)
-    make_data = Task("data", "miniature.shapes", [
+    make_data = Task("data", SHAPES, [
         "--out", str(data), "--train_per_class", str(sizes.train_per_class), "--val_per_class",
         str(sizes.val_per_class), "--size", str(sizes.image_size), "--quiet"], data / "val", data / "val")
     tokenizer_and_judge = [
-        Task("vqvae", "train_vqvae", ["--data_path", str(data), "--vocab_size", str(sizes.vocab_size),
+        Task("vqvae", VQVAE, ["--data_path", str(data), "--vocab_size", str(sizes.vocab_size),
                                       "--patch_nums", ",".join(map(str, sizes.patch_nums)),
                                       *common(runs / "vqvae", sizes.vqvae_steps, threads, sizes.batch_size)],
              runs / "vqvae" / "vqvae.pth", files.vqvae),
-        Task("classifier", "miniature.train_classifier", ["--data_path", str(data), "--image_size", str(sizes.image_size),
+        Task("classifier", CLASSIFIER, ["--data_path", str(data), "--image_size", str(sizes.image_size),
                                                 *common(runs / "classifier", sizes.classifier_steps, threads,
                                                         sizes.classifier_batch)],
              runs / "classifier" / "classifier.pth", files.classifier)]
     pretraining = [
-        Task(f"var d{depth}", "train_var", ["--data_path", str(data), "--vae", str(files.vqvae), "--depth", str(depth),
-                                            "--width", str(sizes.width), "--lr", lr(1.0),
-                                            *common(runs / f"var_d{depth}", steps, threads, sizes.batch_size)],
+        Task(f"var d{depth}", VAR, ["--data_path", str(data), "--vae", str(files.vqvae), "--depth", str(depth),
+                                    "--width", str(sizes.width), "--lr", lr(1.0),
+                                    *common(runs / f"var_d{depth}", steps, threads, sizes.batch_size)],
              runs / f"var_d{depth}" / f"var_d{depth}.pth", target)
         for depth, steps, target in ((sizes.large_depth, sizes.large_steps, files.large),
                                      (sizes.small_depth, sizes.small_steps, files.small))]
@@ -209,9 +225,9 @@ def finetuning_wave(data: Path, base: MiniatureFiles, work: Path, sizes: Sizes, 
     for seed in sizes.train_seeds:
         for n in sizes.draft_steps:
             for role, script, make_argv, target in (
-                    ("refiner", "train_refiner", refiner_argv, files.refiner(n, seed)),
-                    ("control", "train_refiner", control_argv, files.control(n, seed)),
-                    ("drafter", "train_drafter", drafter_argv, files.drafter(n, seed))):
+                    ("refiner", REFINER, refiner_argv, files.refiner(n, seed)),
+                    ("control", REFINER, control_argv, files.control(n, seed)),
+                    ("drafter", DRAFTER, drafter_argv, files.drafter(n, seed))):
                 out = runs / f"{role}_{n}{suffix(seed)}"
                 produced = out / f"{'drafter' if role == 'drafter' else 'refiner'}_{n}.pth"
                 tasks.append(Task(f"{role} N={n} seed {seed}", script,

@@ -157,3 +157,16 @@ def vae_from_state_dict(sd: dict[str, torch.Tensor], path, patch_nums: Sequence[
         model = VQVAE(config)
     derived = {"quantize.ema_vocab_hit_SV": torch.zeros(len(config.patch_nums), config.vocab_size)}
     return _load_into(model, sd, path, "the multi-scale VQVAE", derived, device, dtype).eval()
+
+
+def check_compatible(vae: VQVAE, models: Sequence[VAR]) -> None:
+    """Every model of a chain must speak the VQVAE's token language and know the same classes."""
+    for i, m in enumerate(models):
+        c = m.config
+        for what, mine, theirs in (("patch_nums", c.patch_nums, vae.patch_nums), ("vocab_size", c.vocab_size,
+                                   vae.vocab_size), ("latent channels (Cvae)", c.cvae, vae.Cvae)):
+            if mine != theirs:
+                raise ValueError(f"model {i} (depth {c.depth}) has {what}={mine} but the VQVAE has {theirs}: "
+                                 "all models in a collaborative chain must share one tokenizer")
+        if c.num_classes != models[0].config.num_classes:
+            raise ValueError(f"model {i} has {c.num_classes} classes but model 0 has {models[0].config.num_classes}")

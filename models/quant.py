@@ -48,7 +48,7 @@ class MultiScaleQuantizer(nn.Module):
         self.vocab_size, self.Cvae, self.patch_nums, self.beta = vocab_size, channels, tuple(patch_nums), beta
         self.embedding = nn.Embedding(vocab_size, channels)
         self.quant_resi = PhiShared(channels, quant_resi, share_quant_resi)
-        # usage statistic kept for checkpoint compatibility; not needed for inference
+        # per-scale code usage (EMA), updated in training and reported by train_vqvae.py; inference ignores it
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
 
     @property

@@ -31,8 +31,7 @@ class VARConfig:
         self.heads = self.heads or self.depth
         if self.depth < 1 or self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads} (depth {self.depth})")
-        if self.drop_path_rate < 0:
-            self.drop_path_rate = 0.1 * self.depth / 24
+        self.drop_path_rate = resolve_drop_path(self.drop_path_rate, self.depth)
 
     @property
     def num_scales(self) -> int:
@@ -50,6 +49,11 @@ class VARConfig:
         return asdict(self)
 
 
+def resolve_drop_path(rate: float, depth: int) -> float:
+    """Stochastic depth of the last block; -1 means the published 0.1 x depth / 24."""
+    return 0.1 * depth / 24 if rate < 0 else rate
+
+
 class VAR(nn.Module):
     def __init__(self, config: VARConfig | None = None):
         super().__init__()
@@ -60,8 +64,8 @@ class VAR(nn.Module):
         self.pos_start = nn.Parameter(torch.zeros(1, first_l, C))
         self.pos_1LC = nn.Parameter(torch.zeros(1, c.seq_len, C))
         self.lvl_embed = nn.Embedding(c.num_scales, C)
-        dpr = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]
-        self.blocks = nn.ModuleList([AdaLNBlock(C, c.heads, c.mlp_ratio, c.norm_eps, dpr[i]) for i in range(c.depth)])
+        self.blocks = nn.ModuleList([AdaLNBlock(C, c.heads, c.mlp_ratio, c.norm_eps) for _ in range(c.depth)])
+        self.set_drop_path(c.drop_path_rate)
         self.head_nm = AdaLNHead(C, c.norm_eps)
         self.head = nn.Linear(C, c.vocab_size)
         for name, buf in derived_buffers(c).items():
@@ -107,6 +111,13 @@ class VAR(nn.Module):
         precision under autocast, and its input and output are upcast."""
         up = torch.promote_types(h.dtype, torch.float32)
         return self.head(self.head_nm(h.to(up), cond_BD).to(up)).to(up)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly over the blocks, from 0 to `rate` (-1: 0.1 x depth / 24)."""
+        c = self.config
+        c.drop_path_rate = resolve_drop_path(rate, c.depth)
+        for i, block in enumerate(self.blocks):
+            block.drop_path.p = c.drop_path_rate * i / max(c.depth - 1, 1)
 
     def forward(self, labels_B: torch.Tensor, inputs: torch.Tensor, stop_scale: int | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, L', V) of scales 0..stop_scale-1 in one block-causal pass.

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from .quant import MultiScaleQuantizer
+from .quant import MultiScaleQuantizer, QuantOutput
 from .scales import PATCH_NUMS, check_patch_nums
 from .vae_blocks import Decoder, Encoder
 
@@ -68,6 +68,12 @@ class VQVAE(nn.Module):
     def encode_latent(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> continuous latent f (B, Cvae, h, w) before quantisation."""
         return self.quant_conv(self.encoder(img_B3HW))
+
+    def forward(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, QuantOutput]:
+        """Training: images -> (reconstruction, unclamped so that gradients pass; the quantiser's output, its loss
+        and usage). Differentiable end to end (the quantiser's straight-through estimator)."""
+        q = self.quantize(self.encode_latent(img_B3HW))
+        return self.decoder(self.post_quant_conv(q.f_hat)), q
 
     @torch.no_grad()
     def img_to_tokens(self, img_B3HW: torch.Tensor) -> list[torch.Tensor]:

@@ -14,9 +14,9 @@ import infer_CoDe
 import infer_original
 import sample_CoDe
 from cli.args import exit_on_error
-from cli.samples import MAX_PER_CLASS, MAX_SEED, ImageKey, SampleFolder, image_seed
 from code import FastPathError, collaborative_generate, make_edit, var_generate
 from code.fast import FastPath, FastSteps
+from fid.samples import MAX_PER_CLASS, MAX_SEED, ImageKey, SampleFolder, image_seed
 from models import load_vae, load_var
 from tiny_checkpoints import small_ckpts  # noqa: F401
 from training.data import ImageFolder, ImageTransform

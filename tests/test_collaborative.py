@@ -62,3 +62,15 @@ def test_mismatched_tokenizers_rejected(pair, field, value, match):
     other = build_var(1, **{**kw, field: value})
     with pytest.raises(ValueError, match=match):
         collaborative_generate(var, other, vae, [1], draft_steps=2)
+
+
+def test_fast_means_the_same_in_every_call(pair):
+    """False and None are the eager path in state(), decode() and __call__ alike."""
+    vae, var = pair
+    decoder = CollaborativeDecoder(vae, [var])
+    state = decoder.state([1, 2], seed=3, fast=None)
+    assert torch.equal(state.f_hat, decoder.state([1, 2], seed=3, fast=False).f_hat)
+    eager = decoder.decode(state.f_hat)
+    assert torch.equal(decoder.decode(state.f_hat, fast=False), eager)
+    assert torch.equal(decoder.decode(state.f_hat, fast=None), eager)
+    assert torch.equal(decoder([1, 2], seed=3, fast=None), eager)

@@ -2,8 +2,8 @@
 
 CUDA graphs cannot run here (no GPU): the tests run the same StaticStep code uncaptured, and the compiled
 steps through torch.compile with the aot_eager backend (Dynamo tracing, guards and per-scale specialisation,
-without code generation). Inductor on the CPU takes about 90 s for one tiny chain on 2 cores, so that test runs
-only with CODE_TEST_INDUCTOR=1.
+without code generation). Inductor on the CPU generates and compiles C++ for every scale, far slower than the rest
+of the suite, so that test runs only with CODE_TEST_INDUCTOR=1.
 """
 import contextlib
 import copy

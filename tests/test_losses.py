@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from code.losses import RefinerLoss, drafter_ce, kd_lambda, kl_teacher_student, scale_weights
+from training.losses import RefinerLoss, drafter_ce, kd_lambda, kl_teacher_student, scale_weights
 from conftest import tiny_pair, tiny_var_like
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train_vqvae
-from cli.args import UsageError
+from cli.args import UsageError, exit_code
 from code import CollaborativeDecoder
 from conftest import TINY_VAE, randomize_
 from miniature import demo, pipeline, report, shapes
@@ -21,7 +21,6 @@ from miniature.metrics import accuracy, classify, frechet_distance, load_split
 from miniature.stats import difference
 from models import build_vae, load_vae, load_var
 from training.data import scan_image_folder
-from utils.dist import DistInfo
 from utils.images import read_png
 
 SHIPPED_N = 3  # the fine-tuned pair kept in miniature/checkpoints
@@ -100,8 +99,8 @@ def shapes_data(tmp_path_factory):
 
 
 def train_vq(data: Path, out: Path, *extra: str) -> int:
-    return train_vqvae.main(train_vqvae.parse_args(["--data_path", str(data), "--output_dir", str(out), *VQ_FLAGS,
-                                                    *extra]))
+    return exit_code(train_vqvae.main, train_vqvae.parse_args(["--data_path", str(data), "--output_dir", str(out),
+                                                               *VQ_FLAGS, *extra]))
 
 
 def recon_errors(vae, images: torch.Tensor) -> tuple[float, float]:
@@ -114,9 +113,9 @@ def test_train_vqvae_reconstruction_error_falls(shapes_data, tmp_path):
     argv = ["--data_path", str(shapes_data), "--output_dir", str(tmp_path), *VQ_FLAGS, "--max_steps", "60", "--lr", "8e-2",
             "--batch_size", "16"]  # peak lr 8e-2 x 16 / 256 = 5e-3
     args = train_vqvae.parse_args(argv)
-    torch.manual_seed(args.seed)  # as run_job does: the run's starting point
-    fresh = train_vqvae.make_job(args, DistInfo(0, 1, 0, torch.device("cpu"))).model.eval()
-    assert train_vqvae.main(args) == 0
+    torch.manual_seed(args.seed)  # as main does: the run's starting point
+    fresh = train_vqvae.new_vqvae(args.config).eval()
+    assert exit_code(train_vqvae.main, args) == 0
     trained = load_vae(tmp_path / "vqvae.pth")  # the export carries its config: patch_nums come from the file
     assert trained.patch_nums == (1, 2, 4, 8) and trained.config.image_size == 16
     val = load_split(shapes_data / "val", 16)[0] * 2 - 1
@@ -155,7 +154,7 @@ def shipped_accuracy(shipped):
     """How often the shipped classifier names the requested class, 30 samples per class and chain (chance: 10%);
     30, not fewer, so that the orderings below hold for other random streams (torch 2.4 draws another) too."""
     files, vae, clf = shipped
-    K, labels = vae.quantize.num_scales, torch.arange(10).repeat(30)
+    labels = torch.arange(10).repeat(30)
     chains = {"large": ([files.large], []), "small": ([files.small], []),
               "training-free": ([files.large, files.small], [SHIPPED_N]),
               "fine-tuned": ([files.drafter(SHIPPED_N), files.refiner(SHIPPED_N)], [SHIPPED_N])}

@@ -12,11 +12,11 @@ import torch
 
 import sample_CoDe
 from cli.args import UsageError
-from cli.sample_writer import BatchWriter
-from cli.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, SampleWriteError, image_seed, plan,
-                         png_is_whole)
 from code import collaborative_generate
 from conftest import ROOT
+from fid.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, SampleWriteError, image_seed, plan,
+                         png_is_whole)
+from fid.writer import BatchWriter
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
 from utils.images import read_png, to_uint8
@@ -253,20 +253,20 @@ def test_an_unreadable_run_json_is_a_clear_error(reference, small_ckpts, tmp_pat
 
 
 def test_a_failing_writer_names_the_image_and_loses_nothing(reference, small_ckpts, tmp_path, monkeypatch):
-    import cli.samples
-    real = cli.samples.atomic_write
+    import fid.samples
+    real = fid.samples.atomic_write
 
     def disk_full_for_one(path, write):
         if path.name == "0002_0001.png":
             raise OSError(28, "No space left on device")
         return real(path, write)
 
-    monkeypatch.setattr(cli.samples, "atomic_write", disk_full_for_one)
+    monkeypatch.setattr(fid.samples, "atomic_write", disk_full_for_one)
     with pytest.raises(SampleWriteError, match=r"could not write .*0002_0001.png: No space left on device"):
         sample(small_argv(small_ckpts, tmp_path, "--batch_size", "2"))
     done = SampleFolder(tmp_path).done()
     assert ImageKey(0, 0) in done and ImageKey(2, 1) not in done and not list(tmp_path.glob("*.npz"))
-    monkeypatch.setattr(cli.samples, "atomic_write", real)
+    monkeypatch.setattr(fid.samples, "atomic_write", real)
     assert sample(small_argv(small_ckpts, tmp_path, "--batch_size", "2")).read_bytes() == reference[1]
 
 
@@ -357,15 +357,15 @@ def test_fast_path_is_the_default_and_equals_the_eager_path(reference, small_ckp
 
 def test_generation_does_not_wait_for_the_writers(small_ckpts, tmp_path, monkeypatch):
     """While a batch is being written, the next one is generated: the writer runs in another thread."""
-    import cli.samples
-    threads, real = [], cli.samples.SampleFolder.write
+    import fid.samples
+    threads, real = [], fid.samples.SampleFolder.write
 
     def spy(self, batch, png):
         import threading
         threads.append(threading.current_thread().name)
         return real(self, batch, png)
 
-    monkeypatch.setattr(cli.samples.SampleFolder, "write", spy)
+    monkeypatch.setattr(fid.samples.SampleFolder, "write", spy)
     sample(small_argv(small_ckpts, tmp_path, "--batch_size", "4"))
     assert len(threads) == 3 and all(t.startswith("sample-writer") for t in threads)
 
@@ -398,13 +398,13 @@ def test_settings_of_a_folder_without_images_can_be_corrected(reference, small_c
 
 
 def test_a_resume_reads_the_shards_once_and_not_their_pixels(reference, small_ckpts, tmp_path, monkeypatch):
-    import cli.samples
+    import fid.samples
     shutil.copytree(reference[0], tmp_path / "out")
     (tmp_path / "out" / "samples_12x8x8x3.npz").unlink()
     calls, loads = [], []
-    real_done, real_load = cli.samples.SampleFolder.done, cli.samples.load_pixels
-    monkeypatch.setattr(cli.samples.SampleFolder, "done", lambda self, **kw: calls.append(1) or real_done(self, **kw))
-    monkeypatch.setattr(cli.samples, "load_pixels", lambda p: loads.append(p) or real_load(p))
+    real_done, real_load = fid.samples.SampleFolder.done, fid.samples.load_pixels
+    monkeypatch.setattr(fid.samples.SampleFolder, "done", lambda self, **kw: calls.append(1) or real_done(self, **kw))
+    monkeypatch.setattr(fid.samples, "load_pixels", lambda p: loads.append(p) or real_load(p))
     assert sample(small_argv(small_ckpts, tmp_path / "out")).read_bytes() == reference[1]
     assert len(calls) == 3  # rank 0 before the barrier, every rank after it, rank 0 at assembly
     assert len(loads) == len(list((tmp_path / "out" / "shards").iterdir()))  # pixels read once, to assemble

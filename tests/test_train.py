@@ -1,5 +1,4 @@
 """train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
-import importlib
 import json
 import os
 import re
@@ -15,12 +14,13 @@ from PIL import Image
 import train_drafter
 import train_refiner
 from code import var_generate
-from code.losses import RefinerLoss, drafter_ce
+from cli.args import exit_code
 from conftest import ROOT, tiny_pair, tiny_var_like
 from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform
+from training.losses import RefinerLoss, drafter_ce
 from training.optim import LRSchedule, scaled_lr
-from training.var_jobs import make_batch
+from training.tokens import make_batch
 from utils.checkpoint import atomic_save
 
 N = 2  # draft steps of the tiny 4-scale models
@@ -63,7 +63,7 @@ def refiner_args(assets, out, *extra, **kw):
 
 
 def run(script, argv) -> int:
-    return script.main(script.parse_args(argv))
+    return exit_code(script.main, script.parse_args(argv))
 
 
 def weights(path):
@@ -159,7 +159,7 @@ def test_two_processes_match_one_process(assets, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "train_drafter.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
+    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count("exported") == 1  # rank 0 logs
     one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
     init = weights(assets / "d2.pth")
     # The all-reduce sums gradients in another order than accumulation does, and Adam's first steps divide by
@@ -218,6 +218,27 @@ def test_a_drafter_on_every_scale_is_plain_var_fine_tuning(assets, tmp_path):
                                              b.gt_BL.flatten())
     assert drafter_ce(load_var(assets / "d2.pth")(b.labels_B, b.inputs), b.gt_BL, 4, (0, 1, 5, 14, 30)) == full
     assert (tmp_path / "drafter_4.pth").is_file()
+
+
+def test_a_training_error_is_one_line_without_a_time(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, data="nowhere")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"error: data folder {assets / 'nowhere' / 'train'} does not exist" in err and len(err) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is absent")
+def test_training_takes_the_inference_device_vocabulary(assets, tmp_path, capsys):
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:1")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:1: CUDA is not available here; use --device cpu\n"
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "mps")) == 2
+    assert "only cuda, cuda:N and cpu are supported" in capsys.readouterr().err
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert run(train_drafter, args_for(assets, tmp_path, "--device", "cuda:2")) == 2
+    assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA devices (cuda:0..cuda:1)\n"
 
 
 def test_cli_exit_code_and_message(assets, tmp_path):

@@ -1,17 +1,15 @@
 """Pieces of the training scripts: image folder and transforms, sharded sampler, optimizer groups, schedules."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from training.config import ConfigError, OptimConfig, RunConfig
+from training.config import ConfigError, TrainConfig
 from training.data import DataError, ImageFolder, ImageTransform, scan_image_folder
 from training.optim import WARMUP_START, LRSchedule, param_groups, scaled_lr
 from training.sampler import ShardedBatchSampler
-from training.var_jobs import set_drop_path
 
 
 def write_images(root, counts, size=(12, 10), seed=0):
@@ -133,8 +131,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor(kind):
 
 
 def batch_plan(batch_size, world_size, grad_accum, global_batch, default_global_batch=1024):
-    config = RunConfig(Path("data"), Path("out"), OptimConfig(1e-4, 0.0), batch_size=batch_size, grad_accum=grad_accum,
-                       global_batch=global_batch, default_global_batch=default_global_batch)
+    config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, global_batch=global_batch,
+                         default_global_batch=default_global_batch)
     return config.batch_plan(world_size)
 
 
@@ -152,7 +150,7 @@ def test_batch_plan_reaches_the_global_batch():
 
 def test_drop_path_rises_over_the_blocks(pair):
     _, var = pair
-    set_drop_path(var, 0.2)
+    var.set_drop_path(0.2)
     assert [b.drop_path.p for b in var.blocks] == [0.0, 0.2] and var.config.drop_path_rate == 0.2
-    set_drop_path(var, -1)
+    var.set_drop_path(-1)
     assert var.blocks[-1].drop_path.p == pytest.approx(0.1 * 2 / 24)

@@ -1,3 +1,3 @@
-"""Training: the loop, state and exact resume, data, sampler, optimiser and logs, configured by typed dataclasses
-(training.config) built from the flags in one place (training.args); every training script is a Job for
-training.run.run."""
+"""Training: `training.train.train`, the one training function every training script calls with its model, data,
+loss step and a TrainConfig (training.config); the loop, state and exact resume, data, sampler, optimiser, losses
+and logs."""

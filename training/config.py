@@ -1,31 +1,21 @@
-"""What a training run is, as typed dataclasses: built from the flags in one place (training.args.run_config)."""
+"""A training run's settings, besides its model and loss: one typed dataclass whose defaults are the only ones
+(a script's recipe replaces some; cli.train_args turns every field into a flag with the script's default)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError, ValueError):
     """Settings that cannot work together (batch arithmetic, depths, draft steps, models that do not fit)."""
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """AdamW and its schedule: lr is the base rate per 256 images (peak = lr x global batch / 256)."""
-    lr: float
-    wd: float
-    schedule: str = "linear"  # or "cosine"
-    warmup_ratio: float = 0.02
-    min_lr_ratio: float = 0.01
-    clip: float = 2.0  # max gradient norm; 0 disables clipping
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything about a run that is not the model or its objective (those are the script's Job)."""
-    data_path: Path
-    output_dir: Path
-    optim: OptimConfig
+class TrainConfig:
+    data_path: Path = Path("data")  # DATA_PATH/train/<class>/<image>, optional DATA_PATH/val/
+    output_dir: Path = Path("output")  # checkpoints, logs and the exported weights
     resume: str | None = None  # a ckpt_last.pth, or "auto"
     epochs: float = 1.0
     max_steps: int = 0  # > 0: the run's length instead of epochs
@@ -34,9 +24,15 @@ class RunConfig:
     grad_accum: int | None = None
     global_batch: int | None = None
     default_global_batch: int | None = 1024  # when neither grad_accum nor global_batch is given (None: accum 1)
+    lr: float = 1e-4  # base rate per 256 images: the peak is lr x global batch / 256
+    wd: float = 0.0
+    schedule: str = "linear"  # or "cosine"
+    warmup_ratio: float = 0.02
+    min_lr_ratio: float = 0.01
+    clip: float = 2.0  # max gradient norm; 0 disables clipping
     hflip: bool = False
     dtype: str = "auto"  # autocast: auto, fp32, bf16, fp16
-    device: str | None = None
+    device: str | None = None  # cuda, cuda:N, cpu; None: cuda when available
     seed: int = 0
     num_workers: int = 8
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -46,7 +42,9 @@ class RunConfig:
 
     def recipe(self) -> dict:
         """The settings that fix the data order, the schedules and the numerics: a resumed run repeats them."""
-        return {"seed": self.seed, "hflip": self.hflip, "dtype": self.dtype, **asdict(self.optim)}
+        return {"seed": self.seed, "hflip": self.hflip, "dtype": self.dtype, "lr": self.lr, "wd": self.wd,
+                "schedule": self.schedule, "warmup_ratio": self.warmup_ratio, "min_lr_ratio": self.min_lr_ratio,
+                "clip": self.clip}
 
     def batch_plan(self, world_size: int) -> tuple[int, int]:
         """(grad_accum, global_batch) from the per-process batch and the world size."""
@@ -63,33 +61,3 @@ class RunConfig:
             raise ConfigError(f"--global_batch {self.global_batch} != --batch_size {self.batch_size} x --grad_accum "
                               f"{self.grad_accum} x {world_size} processes")
         return self.grad_accum, per_step * self.grad_accum
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """CoDe's specialised fine-tuning of one role (section 3.3): which model, from where, on which scales."""
-    role: str  # "drafter" or "refiner"
-    depth: int
-    draft_steps: int  # N: the drafter makes scales 1..N, the refiner N+1..K
-    init: str | None  # weights to start from (path or published name); None: var_d<depth>.pth
-    vae: str  # the frozen VQVAE (path or published name)
-    ckpt_dir: str | None  # searched for published names before Hugging Face
-    drop_path: float = -1.0  # stochastic depth of the last block; -1: VAR's 0.1 x depth / 24
-    cond_drop: float = 0.1  # probability of the null class, for CFG
-
-    def recipe(self) -> dict:
-        return {"draft_steps": self.draft_steps, "drop_path": self.drop_path, "cond_drop": self.cond_drop}
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """The refiner's teacher and the distillation loss."""
-    teacher: str | None  # path or published name; None: var_d<teacher_depth>.pth
-    teacher_depth: int = 30
-    kd_temperature: float = 1.0
-    ce_weight: float = 0.0
-    kd_weight: float = 1.0  # 0: no teacher, plain cross-entropy with the refiner's per-scale weights
-
-    def recipe(self) -> dict:
-        return {"teacher_depth": self.teacher_depth, "kd_temperature": self.kd_temperature,
-                "ce_weight": self.ce_weight, "kd_weight": self.kd_weight}

@@ -10,19 +10,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
+from torch.utils.data import default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 
+from utils.errors import UsageError
 from utils.images import open_rgb_as_stored
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A data folder or image that cannot be used, with its path in the message."""
 
 
@@ -81,6 +84,27 @@ class ImageFolder(torchvision.datasets.ImageFolder):
                             "rerun the same command with --resume auto") from None
         drop = self.transform.train and bool(rng.random() < self.cond_drop)
         return x, label, drop
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
+        """A DataLoader's batch: the samples, or [the DataError] of an unreadable image, handed over as data (an
+        exception raised in a worker process reaches the main process as traceback text); `collate` and
+        `checked` pass it on and raise it there."""
+        try:
+            return [self[key] for key in keys]
+        except DataError as e:
+            return [e]
+
+
+def collate(samples: list) -> tuple | DataError:
+    return samples[0] if isinstance(samples[0], DataError) else default_collate(samples)
+
+
+def checked(batches: Iterable) -> Iterator[tuple]:
+    """The collated batches of a DataLoader over an ImageFolder; raises the DataError of an unreadable image."""
+    for batch in batches:
+        if isinstance(batch, DataError):
+            raise batch
+        yield batch
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:

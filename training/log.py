@@ -1,43 +1,17 @@
-"""Training logs from rank 0: a tqdm-friendly stderr handler, OUTPUT_DIR/train.log and OUTPUT_DIR/log.jsonl."""
+"""Training logs from rank 0: the `training` logger (cli.args.setup_logging sends it to stderr and OUTPUT_DIR/train.log)
+and the metrics in OUTPUT_DIR/log.jsonl."""
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
-
-from tqdm import tqdm
 
 from utils.dist import DistInfo
 from utils.files import atomic_write
 
-log = logging.getLogger("code.train")
+log = logging.getLogger("training")
 CURRENT = ("lr", "lambda")  # logged at the current step; the other metrics are averaged since the last line
-
-
-class TqdmHandler(logging.Handler):
-    """Writes above the progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def setup_logging(info: DistInfo, output_dir: Path) -> None:
-    """Rank 0 logs to stderr and OUTPUT_DIR/train.log; other ranks report errors only."""
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    log.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s" if info.is_main else f"[rank {info.rank}] %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [TqdmHandler()]
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "train.log"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        log.addHandler(h)
-    log.setLevel(logging.INFO if info.is_main else logging.ERROR)
 
 
 class MetricLog:

@@ -1,32 +1,34 @@
 """The training step every script shares: accumulation, autocast, scaler, clipping, non-finite checks.
 
-The job-specific part is a `StepFn(model, batch, step, total_steps) -> (loss, {name: detached tensor})`; the
-loop owns everything else. One optimizer step reads `grad_accum` micro-batches per rank; each micro-batch loss is a
-mean over its tokens divided by grad_accum, and DDP averages over ranks, so a step's gradient is the mean
-over the global batch whatever the world size.
+The script's part is a `LossStep(model, batch, step, total_steps) -> (loss, {name: detached tensor})`, `batch`
+being a collated (images, labels, drops) micro-batch on the CPU; the loop owns everything else. One optimizer step
+reads `grad_accum` micro-batches per rank; each micro-batch loss is a mean over its tokens divided by grad_accum,
+and DDP averages over ranks, so a step's gradient is the mean over the global batch whatever the world size.
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from utils.dist import DistInfo
+from utils.errors import RunError
 
 from .optim import LRSchedule, set_lr
 from .state import reseed
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunError):
     """The loss or the gradient became NaN or infinite; the run stops before the update is applied."""
 
 
-StepFn = Callable[[nn.Module, Any, int, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+LossStep = Callable[[nn.Module, tuple, int, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
 @dataclass
@@ -36,17 +38,16 @@ class LoopSettings:
     clip: float  # max gradient norm; 0 disables clipping (the norm is still logged)
     autocast_dtype: torch.dtype | None  # None: float32
     seed: int
-    tokens_per_sample: int  # for tokens/s
+    last_checkpoint: Path  # named when the run stops on a non-finite loss
 
 
 @dataclass
 class Trainer:
-    model: nn.Module  # DistributedDataParallel or the bare VAR
+    model: nn.Module  # DistributedDataParallel or the bare model
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     schedule: LRSchedule
-    step_fn: StepFn
-    prepare: Callable[[tuple], Any]  # a collated micro-batch -> the job's batch on the device
+    loss_step: LossStep
     info: DistInfo
     settings: LoopSettings
 
@@ -64,23 +65,23 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for i in range(s.grad_accum):
-            batch = self.prepare(next(batches))
+            batch = next(batches)
             last = i == s.grad_accum - 1
             with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
                 with self.autocast():
-                    loss, parts = self.step_fn(model, batch, step, s.total_steps)
+                    loss, parts = self.loss_step(model, batch, step, s.total_steps)
                 scaled = loss / s.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             for k, v in {"loss": loss.detach(), **parts}.items():
                 sums[k] = sums.get(k, 0) + v.double() / s.grad_accum
         metrics = reduce_over_ranks(sums, self.info.device)
         if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLoss(f"the loss is {metrics['loss']} in optimizer step {step + 1} (lr {lr:.3g})")
+            raise self.diverged(f"the loss is {metrics['loss']}", step, lr)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         norm = float(nn.utils.clip_grad_norm_(model.parameters(), s.clip if s.clip > 0 else math.inf))
         if self.scaler is None and not math.isfinite(norm):
-            raise NonFiniteLoss(f"the gradient norm is {norm} in optimizer step {step + 1} (lr {lr:.3g})")
+            raise self.diverged(f"the gradient norm is {norm}", step, lr)
         if self.scaler is not None:
             self.scaler.step(opt)  # skips the update when fp16 gradients overflowed
             self.scaler.update()
@@ -88,17 +89,20 @@ class Trainer:
             opt.step()
         return {**metrics, "lr": lr, "grad_norm": norm}
 
+    def diverged(self, what: str, step: int, lr: float) -> NonFiniteLoss:
+        return NonFiniteLoss(f"{what} in optimizer step {step + 1} (lr {lr:.3g}). Stopping without saving; the last "
+                             f"good checkpoint (if any) is {self.settings.last_checkpoint}")
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, step: int) -> dict[str, float]:
         """Mean losses over the (sharded) validation split, weighted by batch size."""
         model.eval()
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), dtype=torch.float64, device=self.info.device)
-        for collated in loader:
-            batch = self.prepare(collated)
+        for batch in loader:
             with self.autocast():
-                loss, parts = self.step_fn(model, batch, step, self.settings.total_steps)
-            n = batch.labels_B.shape[0]
+                loss, parts = self.loss_step(model, batch, step, self.settings.total_steps)
+            n = batch[1].shape[0]
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0) + v.double() * n
             count += n

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models import VAR, VARConfig
 from utils.checkpoint import CheckpointError, atomic_save, load_weights_only
+
+from .log import log
 
 CKPT_NAME = "ckpt_last.pth"
 
@@ -70,14 +71,8 @@ def check_recipe(saved: dict, current: dict, path) -> None:
                               + "\n  ".join(diff))
 
 
-def model_from_checkpoint(ckpt: dict) -> VAR:
-    with torch.device("meta"):
-        model = VAR(VARConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"], strict=True, assign=True)
-    return model
-
-
 def export_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """The official layout: exactly the model's state_dict(), float32, nothing else."""
     atomic_save({k: v.detach().float() if v.is_floating_point() else v.detach()
                  for k, v in model.state_dict().items()}, path)
+    log.info("exported %s", path)

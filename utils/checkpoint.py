@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import UsageError
 from .files import atomic_write, atomic_write_path
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
@@ -110,15 +112,14 @@ def folder_message(path: Path) -> str:
 
 
 def load_weights_only(path: Path):
+    """torch.load(weights_only=True): memory-mapped for the zip format torch.save writes, plainly for the legacy one.
+    Its unpickler refuses anything but tensors and plain containers; a damaged file fails in the zip reader or on
+    the legacy format's magic number."""
+    zipped = zipfile.is_zipfile(path)
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: try the legacy format
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError:
+        if zipped:
             raise CheckpointError(f"{path} contains Python objects other than tensors and plain containers; "
                                   "refusing to unpickle it (weights_only=True). Re-save it as a plain state dict."
                                   ) from None

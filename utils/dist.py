@@ -23,17 +23,32 @@ class DistInfo:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the torchrun process group (NCCL on CUDA, gloo on CPU); a single process otherwise.
 
-    `device`: 'cuda', 'cpu' or None (CUDA when available). Each rank gets cuda:LOCAL_RANK.
+    `device`: 'cuda', 'cuda:N', 'cpu' or None (CUDA when available). Under torchrun each rank gets cuda:LOCAL_RANK;
+    a single process takes cuda:N as given.
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    dev = local_device(device)
+    use_cuda = dev.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank, world, local, dev)
+
+
+def local_device(device: str | None = None) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK under torchrun, `device` as given otherwise (None: CUDA when
+    available)."""
+    dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and ("LOCAL_RANK" in os.environ or dev.index is None):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def is_rank_zero() -> bool:
+    """True outside torchrun and on its rank 0."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def barrier() -> None:

@@ -31,11 +31,6 @@ def to_uint8(images_B3HW: torch.Tensor, rounding: str = "nearest") -> np.ndarray
     return quantize(images_B3HW, rounding).cpu().numpy()
 
 
-def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a PNG atomically (utils.files.atomic_write): a kill never leaves half a file."""
-    atomic_write(path, lambda f: Image.fromarray(image_HW3).save(f, format="PNG"))
-
-
 def image_format(path: str | os.PathLike) -> str | None:
     """PIL's format for a file name's suffix ('.png' -> 'PNG', '.jpg' -> 'JPEG'), or None if PIL cannot write it."""
     Image.init()

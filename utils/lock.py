@@ -15,14 +15,12 @@ import socket
 import time
 from pathlib import Path
 
+from .dist import is_rank_zero
+from .errors import UsageError
 
-class LockError(RuntimeError):
+
+class LockError(UsageError, RuntimeError):
     """The folder is held by another run; the message names it and what to do."""
-
-
-def is_rank_zero() -> bool:
-    """True outside torchrun and on its rank 0."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 class FolderLock:

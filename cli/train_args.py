@@ -1,14 +1,16 @@
-"""The flags every training script shares, with per-script defaults, and the one place they become a RunConfig."""
+"""The flags every training script shares: one per field of training.config.TrainConfig, defaulting to the
+script's recipe (a TrainConfig), and back to a TrainConfig in one step."""
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 
+from training.config import TrainConfig
 from utils.hub import VAE_FILE
 
-from .config import DistillConfig, FinetuneConfig, OptimConfig, RunConfig
+from .args import DTYPE_CHOICES, non_negative_int, positive_int, resolve_device
 
 EPILOG = """conventions:
   learning rate   --lr is the base rate per 256 images; the peak rate is lr x global_batch / 256
@@ -23,90 +25,68 @@ EPILOG = """conventions:
   data            DATA_PATH/train/<class>/<image> (classes sorted by folder name). An image that cannot be
                   read stops the run with exit status 2 and its path; replace it with a readable image and
                   rerun with --resume auto (deleting it would change the data order: a resume refuses that).
-  exit status     0 done; 1 the loss became NaN/inf (the last good checkpoint is kept); 2 unusable data,
-                  checkpoints or flags.
+  exit status     0 done; 1 the loss became NaN/inf (the last good checkpoint is kept) or a write failed;
+                  2 unusable data, checkpoints or flags; 130 interrupted.
   multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard)."""
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """A script's recipe: the defaults of the shared flags."""
-    output_dir: str
-    lr: float
-    wd: float
-    epochs: float = 1.0
-    max_steps: int = 0
-    batch_size: int = 16
-    global_batch: int | None = 1024  # None: --grad_accum 1 unless told otherwise
-    schedule: str = "linear"
-    warmup_ratio: float = 0.02
-    min_lr_ratio: float = 0.01
-    clip: float = 2.0
-    num_workers: int = 8
-    save_every: int = 1000
-    log_every: int = 50
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def training_parser(description: str, d: Defaults) -> argparse.ArgumentParser:
-    """A parser with the shared flags (group 'run'); the script adds its model's flags."""
+def training_parser(description: str, d: TrainConfig) -> argparse.ArgumentParser:
+    """A parser with the shared flags (group 'run'), defaults from the script's recipe `d`; the script adds its
+    model's flags."""
     p = argparse.ArgumentParser(description=description, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # keeps the layout
     a = p.add_argument_group("run").add_argument
-    a("--data_path", required=True, help="image folder: DATA_PATH/train/<class>/<image> (optional DATA_PATH/val/)")
-    a("--output_dir", default=d.output_dir, help="checkpoints, logs and the exported weights (default %(default)s)")
-    a("--resume", default=None, help="a training checkpoint (ckpt_last.pth) to continue exactly; 'auto': "
-                                     "OUTPUT_DIR/ckpt_last.pth if it exists")
+    a("--data_path", type=Path, required=True, help="image folder: DATA_PATH/train/<class>/<image> (optional "
+                                                    "DATA_PATH/val/)")
+    a("--output_dir", type=Path, default=d.output_dir, help="checkpoints, logs and the exported weights "
+                                                            "(default %(default)s)")
+    a("--resume", default=d.resume, help="a training checkpoint (ckpt_last.pth) to continue exactly; 'auto': "
+                                         "OUTPUT_DIR/ckpt_last.pth if it exists")
     a("--epochs", type=float, default=d.epochs, help="epochs over DATA_PATH/train (default %(default)s)")
-    a("--max_steps", type=nonneg_int, default=d.max_steps, help="if > 0, the run's length in optimizer steps instead "
-                                                                 "of --epochs (default %(default)s)")
-    a("--stop_at", type=nonneg_int, default=0, help="if > 0, save and exit after this optimizer step, leaving the "
-                                                     "schedules as for the whole run (for time-limited jobs)")
+    a("--max_steps", type=non_negative_int, default=d.max_steps, help="if > 0, the run's length in optimizer steps "
+                                                                      "instead of --epochs (default %(default)s)")
+    a("--stop_at", type=non_negative_int, default=d.stop_at, help="if > 0, save and exit after this optimizer step, "
+                                                                  "leaving the schedules as for the whole run (for "
+                                                                  "time-limited jobs)")
     a("--batch_size", type=positive_int, default=d.batch_size, help="images per process per micro-batch "
-                                                                     "(default %(default)s)")
-    a("--grad_accum", type=positive_int, default=None, help="micro-batches per optimizer step (default: reach "
-                                                             "--global_batch" + (")" if d.global_batch else ", else 1)"))
-    a("--global_batch", type=positive_int, default=None,
-      help=f"images per optimizer step over all processes (default {d.global_batch or 'batch_size x processes'})")
+                                                                    "(default %(default)s)")
+    a("--grad_accum", type=positive_int, default=d.grad_accum,
+      help="micro-batches per optimizer step (default: reach --global_batch" + (")" if d.default_global_batch
+                                                                               else ", else 1)"))
+    a("--global_batch", type=positive_int, default=d.global_batch, help="images per optimizer step over all "
+      f"processes (default {d.default_global_batch or 'batch_size x processes'})")
+    p.set_defaults(default_global_batch=d.default_global_batch)
     a("--lr", type=float, default=d.lr, help="base learning rate per 256 images (default %(default)g)")
     a("--wd", type=float, default=d.wd, help="AdamW weight decay on weight matrices (default %(default)g)")
     a("--schedule", choices=("linear", "cosine"), default=d.schedule, help="decay after warm-up (default %(default)s)")
     a("--warmup_ratio", type=float, default=d.warmup_ratio, help="fraction of the run spent warming up "
-                                                                  "(default %(default)g)")
+                                                                 "(default %(default)g)")
     a("--min_lr_ratio", type=float, default=d.min_lr_ratio, help="final lr as a fraction of the peak "
-                                                                  "(default %(default)g)")
+                                                                 "(default %(default)g)")
     a("--clip", type=float, default=d.clip, help="max gradient norm; 0 disables clipping (default %(default)g)")
-    a("--hflip", action="store_true", help="random horizontal flips")
-    a("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="autocast precision (default auto)")
-    a("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
-    a("--seed", type=nonneg_int, default=0, help="fixes initialisation, data order, augmentation, label drops and "
-                                                 "drop path (default 0)")
-    a("--num_workers", type=nonneg_int, default=d.num_workers, help="data-loading processes per process "
-                                                                     "(default %(default)s)")
-    a("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    a("--save_every", type=nonneg_int, default=d.save_every, help="optimizer steps between checkpoints (0: only "
-                                                                   "at the end; default %(default)s)")
+    a("--hflip", action="store_true", default=d.hflip, help="random horizontal flips")
+    a("--dtype", choices=DTYPE_CHOICES, default=d.dtype,
+      help="autocast precision (default auto: bf16 on CUDA, or fp16 on GPUs without bf16; fp32 on CPU. The "
+           "inference scripts' auto is fp16 on CUDA, as published)")
+    a("--device", default=d.device, help="cuda, cuda:N or cpu (default: cuda when available; under torchrun each "
+                                         "process takes cuda:LOCAL_RANK)")
+    a("--seed", type=non_negative_int, default=d.seed, help="fixes initialisation, data order, augmentation, label "
+                                                            "drops and drop path (default %(default)s)")
+    a("--num_workers", type=non_negative_int, default=d.num_workers, help="data-loading processes per process "
+                                                                          "(default %(default)s)")
+    a("--threads", type=non_negative_int, default=d.threads, help="CPU threads for torch (0: torch's default)")
+    a("--save_every", type=non_negative_int, default=d.save_every, help="optimizer steps between checkpoints (0: "
+                                                                        "only at the end; default %(default)s)")
     a("--log_every", type=positive_int, default=d.log_every, help="optimizer steps between log lines "
-                                                                   "(default %(default)s)")
-    a("--eval_every", type=nonneg_int, default=0, help="optimizer steps between losses on DATA_PATH/val (0: never)")
-    p.set_defaults(default_global_batch=d.global_batch)
+                                                                  "(default %(default)s)")
+    a("--eval_every", type=non_negative_int, default=d.eval_every, help="optimizer steps between losses on "
+                                                                        "DATA_PATH/val (0: never)")
     return p
 
 
-def check_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the shared flags (argparse's exit status 2 for a bad one)."""
+    args = p.parse_args(argv)
     for name in ("epochs", "lr", "wd", "warmup_ratio", "min_lr_ratio", "clip"):
         if not math.isfinite(getattr(args, name)):
             p.error(f"--{name} must be a finite number, got {getattr(args, name)}")
@@ -121,15 +101,10 @@ def check_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argp
     return args
 
 
-def run_config(args: argparse.Namespace) -> RunConfig:
-    """The flags of training_parser as a RunConfig."""
-    optim = OptimConfig(args.lr, args.wd, args.schedule, args.warmup_ratio, args.min_lr_ratio, args.clip)
-    return RunConfig(Path(args.data_path), Path(args.output_dir), optim, resume=args.resume, epochs=args.epochs,
-                     max_steps=args.max_steps, stop_at=args.stop_at, batch_size=args.batch_size,
-                     grad_accum=args.grad_accum, global_batch=args.global_batch,
-                     default_global_batch=args.default_global_batch, hflip=args.hflip, dtype=args.dtype,
-                     device=args.device, seed=args.seed, num_workers=args.num_workers, threads=args.threads,
-                     save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every)
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The shared flags as a TrainConfig; --device checked here (UsageError: CUDA may be missing)."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    return TrainConfig(**{**values, "device": str(resolve_device(args.device))})
 
 
 # ---- CoDe fine-tuning (train_drafter.py, train_refiner.py) ------------------------------------------------------
@@ -138,7 +113,7 @@ def add_finetune_args(p: argparse.ArgumentParser, role: str, depth: int) -> None
     a("--depth", type=positive_int, default=depth, help=f"depth of the {role} (checked against --init; "
                                                         "default %(default)s)")
     a("--draft_steps", type=positive_int, default=8, help="N: the drafter makes scales 1..N, the refiner N+1..K "
-                                                          "(default 8)")
+                                                          "(default %(default)s)")
     a("--init", default=None, help=f"weights to start from: a path or a published name (default var_d{depth}.pth, "
                                    "from Hugging Face)")
     a("--vae", default=VAE_FILE, help="VQVAE weights: a path or the published name (default %(default)s)")
@@ -149,13 +124,11 @@ def add_finetune_args(p: argparse.ArgumentParser, role: str, depth: int) -> None
                                                     "depth / 24)")
 
 
-def finetune_config(p: argparse.ArgumentParser, args: argparse.Namespace, role: str) -> FinetuneConfig:
+def check_finetune_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.cond_drop <= 1:
         p.error(f"--cond_drop must be in [0, 1], got {args.cond_drop}")
     if args.drop_path != -1.0 and not 0 <= args.drop_path < 1:
         p.error(f"--drop_path must be in [0, 1) or -1, got {args.drop_path}")
-    return FinetuneConfig(role, args.depth, args.draft_steps, args.init, args.vae, args.ckpt_dir, args.drop_path,
-                          args.cond_drop)
 
 
 def add_distill_args(p: argparse.ArgumentParser) -> None:
@@ -174,9 +147,8 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
                                                    "cross-entropy (a control for distillation)")
 
 
-def distill_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> DistillConfig:
+def check_distill_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.kd_temperature > 0 or args.ce_weight < 0 or args.kd_weight < 0:
         p.error("--kd_temperature must be > 0, --ce_weight and --kd_weight >= 0")
     if args.kd_weight == 0 and args.ce_weight == 0:
         p.error("--kd_weight 0 and --ce_weight 0 leave no loss: give --ce_weight > 0 (e.g. 1) or --kd_weight > 0")
-    return DistillConfig(args.teacher, args.teacher_depth, args.kd_temperature, args.ce_weight, args.kd_weight)

@@ -20,7 +20,6 @@ class BatchWriter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sample-writer")
         self._slots = threading.BoundedSemaphore(max_pending or workers + 1)
         self._lock = threading.Lock()
-        self._futures: list[Future] = []
         self.error: BaseException | None = None
         self.busy_s = 0.0  # seconds spent writing, summed over the workers
         self.blocked_s = 0.0  # seconds submit() waited for a free slot (the caller's producer idled)
@@ -34,7 +33,6 @@ class BatchWriter:
         self.raise_error()
         future = self._pool.submit(self._write, batch)
         future.add_done_callback(self._done)
-        self._futures.append(future)
 
     def _write(self, batch: Batch) -> None:
         start = time.perf_counter()

@@ -24,9 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from utils.errors import UsageError
 from utils.files import atomic_write, remove_temp_files, sha256_file
-
-from .args import UsageError
 
 log = logging.getLogger(__name__)
 FAST_CHECK = "fast_check"  # run.json's record of the fast path's checks: not a setting
