@@ -21,7 +21,8 @@ import argparse
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -235,15 +236,14 @@ def finetuning_wave(data: Path, base: MiniatureFiles, work: Path, sizes: Sizes, 
     return tasks
 
 
-def run_wave(wave: list[Task], jobs: int, threads: int, log: list[str]) -> None:
-    """Run the tasks whose target is missing, up to `jobs` at a time in worker processes; stop on a failure."""
+def run_wave(wave: list[Task], pool: Executor | None, threads: int, log: list[str]) -> None:
+    """Run the tasks whose target is missing, side by side in the pool's worker processes; stop on a failure."""
     todo = [t for t in wave if not t.target.exists()]
     for t in wave:
         if t not in todo:
             print(f"[{t.name}] exists: {t.target}", flush=True)
-    if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(run_task, todo, [threads] * len(todo)))
+    if pool is not None and len(todo) > 1:
+        results = list(pool.map(run_task, todo, [threads] * len(todo)))
     else:
         results = [run_task(t, threads) for t in todo]
     for t, (status, seconds) in zip(todo, results):
@@ -283,13 +283,15 @@ def train(args: argparse.Namespace, log: list[str]) -> tuple[Sizes, MiniatureFil
     base = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth)
     if args.reuse_shipped:
         reuse(MiniatureFiles(SHIPPED, sizes.large_depth, sizes.small_depth), base)
-    for wave in waves(work, sizes, args.threads):
-        run_wave(wave, args.jobs, args.threads, log)
     mine = MiniatureFiles(work / args.recipe / "ckpt", sizes.large_depth, sizes.small_depth)
-    for src, dst in zip(base_files(base), base_files(mine)):
-        copy(src, dst)
-    run_wave(finetuning_wave(work / "data", base, work / args.recipe, sizes, RECIPES[args.recipe]), args.jobs,
-             args.threads, log)
+    # one pool for every wave: its workers start once (each start imports torch and the scripts)
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
+        for wave in waves(work, sizes, args.threads):
+            run_wave(wave, pool, args.threads, log)
+        for src, dst in zip(base_files(base), base_files(mine)):
+            copy(src, dst)
+        run_wave(finetuning_wave(work / "data", base, work / args.recipe, sizes, RECIPES[args.recipe]), pool,
+                 args.threads, log)
     return sizes, mine, work / args.recipe
 
 
