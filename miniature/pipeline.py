@@ -2,6 +2,7 @@
 
     python -m miniature.pipeline --reuse_shipped --jobs 2 --threads 1     # the paper's recipe, scaled (default)
     python -m miniature.pipeline --reuse_shipped --jobs 2 --threads 1 --recipe strong
+    python -m miniature.pipeline --reuse_shipped --jobs 2 --threads 1 --draft_steps 3   # one N of the grid
     python -m miniature.pipeline --work /tmp/smoke --preset smoke          # every stage on a toy budget
 
 Each stage is its script's own main() with the flags below: miniature.shapes, train_vqvae.py and
@@ -23,7 +24,7 @@ import shutil
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ import train_drafter
 import train_refiner
 import train_var
 import train_vqvae
-from cli.args import exit_code
+from cli.args import exit_code, int_list
 
 from . import evaluate, shapes, train_classifier
 from .files import SHIPPED, MiniatureFiles, suffix
@@ -105,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="fine-tuning recipe (default %(default)s: the paper's learning-rate ratios and lengths); "
                         "its runs, checkpoints and evaluation go to WORK/RECIPE/")
+    p.add_argument("--draft_steps", type=int_list, default=None, help="the N to fine-tune and evaluate (default: "
+                                                                      "the preset's, 2,3,4 for full)")
+    p.add_argument("--train_seeds", type=int_list, default=None, help="fine-tuning seeds (default: the preset's, "
+                                                                      "0,1,2,3,4 for full)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch per stage (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="independent stages run side by side in this many worker "
                                                        "processes (2 on 2 cores, with --threads 1; default 1)")
@@ -115,7 +120,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "(fine-tuning seed 0) into miniature/checkpoints/")
     p.add_argument("--ship_draft_steps", type=int, default=3, help="N of the fine-tuned pair shipped (default 3)")
     p.add_argument("--ship_dir", default=str(SHIPPED), help=argparse.SUPPRESS)  # tests ship elsewhere
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    K = len(PRESETS[args.preset].patch_nums)
+    if args.draft_steps is not None and not all(1 <= n < K for n in args.draft_steps):
+        p.error(f"--draft_steps {','.join(map(str, args.draft_steps))}: each N must be in 1..{K - 1} ({K} scales)")
+    return args
+
+
+def sizes_of(args: argparse.Namespace) -> Sizes:
+    """The preset's sizes, with --draft_steps and --train_seeds where given."""
+    sizes = PRESETS[args.preset]
+    return replace(sizes, draft_steps=tuple(args.draft_steps or sizes.draft_steps),
+                   train_seeds=tuple(sizes.train_seeds if args.train_seeds is None else args.train_seeds))
 
 
 def common(out: Path, steps: int, threads: int, batch_size: int) -> list[str]:
@@ -279,7 +295,7 @@ def ship(files: MiniatureFiles, n: int, to: Path) -> None:
 def train(args: argparse.Namespace, log: list[str]) -> tuple[Sizes, MiniatureFiles, Path]:
     """Every training stage: the base models in WORK/ckpt, the recipe's fine-tuning in WORK/RECIPE/ckpt (beside
     copies of the base models, so that the folder holds every model of the evaluation)."""
-    sizes, work = PRESETS[args.preset], Path(args.work)
+    sizes, work = sizes_of(args), Path(args.work)
     base = MiniatureFiles(work / "ckpt", sizes.large_depth, sizes.small_depth)
     if args.reuse_shipped:
         reuse(MiniatureFiles(SHIPPED, sizes.large_depth, sizes.small_depth), base)

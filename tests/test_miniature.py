@@ -296,6 +296,18 @@ def test_pipeline_recipes_scale_the_pre_training():
     assert pairs(control) - pairs(refiner) == {("--kd_weight", "0"), ("--ce_weight", "1")}
 
 
+def test_pipeline_grid_flags_narrow_the_preset(capsys):
+    """--draft_steps 3 --train_seeds 0-2: the strong recipe's committed grid, and nothing else, is trained."""
+    sizes = pipeline.sizes_of(pipeline.parse_args(["--draft_steps", "3", "--train_seeds", "0-2"]))
+    tasks = pipeline.finetuning_wave(Path("d"), MiniatureFiles(Path("c")), Path("w"), sizes, pipeline.RECIPES["strong"])
+    assert [t.name for t in tasks] == [f"{role} N=3 seed {s}" for s in range(3) for role in ("refiner", "control",
+                                                                                            "drafter")]
+    assert pipeline.sizes_of(pipeline.parse_args([])) == pipeline.PRESETS["full"]
+    with pytest.raises(SystemExit) as e:
+        pipeline.parse_args(["--draft_steps", "3,6"])
+    assert e.value.code == 2 and "each N must be in 1..5" in capsys.readouterr().err
+
+
 def test_evaluate_rejects_a_draft_step_out_of_range(tmp_path, shapes_data):
     with pytest.raises(UsageError, match="--draft_steps 6"):
         evaluate_miniature.main(evaluate_miniature.parse_args(["--data_path", str(shapes_data), "--out",
