@@ -5,8 +5,8 @@
 Each folder holds results.jsonl (one line per sampling run, written by miniature.evaluate) and meta.json (the
 recipe and the reference set); the command writes, beside them: table.md / table.csv (every setting),
 factorial.md (per N, drafter {base, specialised} x refiner {base, extra CE, distilled}), effects.md (each factor,
-its interactions and the paper's whole recipe, with intervals), orderings.md (the paper's Table 2 orderings) and
-tradeoff.png (quality against time per image; needs matplotlib).
+its interactions and the paper's whole recipe, with intervals), orderings.md (the large and small VARs and CoDe
+in pairs) and tradeoff.png (quality against time per image; needs matplotlib).
 
 A setting's replicates are its independent runs: one per fine-tuning seed for a trained cell, one per sampling
 seed for the untrained models (miniature.stats). An effect is a contrast of cells; the trained cells of one
@@ -211,7 +211,8 @@ def effects(runs: list[Run], head: str) -> str:
 
 
 def orderings(runs: list[Run], summaries: list[Summary]) -> str:
-    """The paper's Table 2 orderings, each a Welch interval of better - worse."""
+    """The large and small VARs, training-free and fine-tuned CoDe in pairs (Table 2 compares the last two),
+    each a Welch interval of better - worse."""
     names = {s.name for s in summaries}
     large = next((s.name for s in summaries if s.kind == "large"), None)
     small = next((s.name for s in summaries if s.kind == "small"), None)
