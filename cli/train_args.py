@@ -147,8 +147,13 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     a("--ce_weight", type=float, default=0.0, help="weight of a cross-entropy term against the ground-truth tokens, "
                                                    "with the same per-scale weights as the KL (default %(default)g: "
                                                    "distillation only, as in the paper)")
+    a("--kd_weight", type=float, default=1.0, help="weight of the KL term (default %(default)g); 0 with --ce_weight "
+                                                   "> 0: no teacher, the same per-scale weights on plain "
+                                                   "cross-entropy (a control for distillation)")
 
 
 def check_distill_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not args.kd_temperature > 0 or args.ce_weight < 0:
-        p.error("--kd_temperature must be > 0 and --ce_weight >= 0")
+    if not args.kd_temperature > 0 or args.ce_weight < 0 or args.kd_weight < 0:
+        p.error("--kd_temperature must be > 0, --ce_weight and --kd_weight >= 0")
+    if args.kd_weight == 0 and args.ce_weight == 0:
+        p.error("--kd_weight 0 and --ce_weight 0 leave no loss: give --ce_weight > 0 (e.g. 1) or --kd_weight > 0")

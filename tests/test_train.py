@@ -393,6 +393,20 @@ def test_refiner_flags_validation_and_loss_mix(assets, tmp_path):
     assert [r["step"] for r in val] == [1, 2] and all(r["val_kd"] > 0 for r in val)
     for r in train + [{k[4:]: v for k, v in r.items() if k.startswith("val_")} for r in val]:
         assert r["loss"] == pytest.approx(r["kd"] + 0.5 * r["ce"], rel=1e-5)
+    with pytest.raises(SystemExit):  # no loss left
+        train_refiner.parse_args(refiner_args(assets, tmp_path, "--kd_weight", "0"))
+
+
+def test_refiner_without_teacher_sees_the_same_batches(assets, tmp_path):
+    """--kd_weight 0 --ce_weight 1 (the miniature's control): no teacher is read, and the run's data order is the
+    distilled refiner's: the same cross-entropy at the first step, from the same initial weights."""
+    assert run(train_refiner, refiner_args(assets, tmp_path / "kd", "--max_steps", "2")) == 0
+    argv = refiner_args(assets, tmp_path / "ce", "--max_steps", "2", "--kd_weight", "0", "--ce_weight", "1")
+    argv[argv.index("--teacher") + 1] = str(tmp_path / "missing.pth")
+    assert run(train_refiner, argv) == 0
+    kd, ce = ([r for r in log_records(tmp_path / d) if "loss" in r] for d in ("kd", "ce"))
+    assert "kd" not in ce[0] and ce[0]["loss"] == pytest.approx(ce[0]["ce"])
+    assert ce[0]["ce"] == pytest.approx(kd[0]["ce"], rel=1e-6)
 
 
 # ---- bad input and interrupted runs (issue 12) -----------------------------------------------------------------
