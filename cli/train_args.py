@@ -7,7 +7,7 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from training.config import TrainConfig
+from training.config import SHARD_CHOICES, TrainConfig
 from utils.hub import VAE_FILE
 
 from .args import DTYPE_CHOICES, non_negative_int, positive_int, resolve_device
@@ -27,7 +27,9 @@ EPILOG = """conventions:
                   rerun with --resume auto (deleting it would change the data order: a resume refuses that).
   exit status     0 done; 1 the loss became NaN/inf (the last good checkpoint is kept) or a write failed;
                   2 unusable data, checkpoints or flags; 130 interrupted.
-  multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard)."""
+  multi-GPU       torchrun --nproc_per_node=G <script> ... (DDP; every rank reads a disjoint shard).
+                  --shard fsdp shards the model instead (FSDP2): the checkpoint becomes the folder
+                  OUTPUT_DIR/ckpt_last.dcp, resumable with any number of processes."""
 
 
 def training_parser(description: str, d: TrainConfig) -> argparse.ArgumentParser:
@@ -81,6 +83,9 @@ def training_parser(description: str, d: TrainConfig) -> argparse.ArgumentParser
                                                                   "(default %(default)s)")
     a("--eval_every", type=non_negative_int, default=d.eval_every, help="optimizer steps between losses on "
                                                                         "DATA_PATH/val (0: never)")
+    a("--shard", choices=SHARD_CHOICES, default=d.shard,
+      help="fsdp: shard weights, gradients and AdamW state over the processes (FSDP2, VAR models only; see "
+           "docs/sharded-training.md)")
     return p
 
 
@@ -142,8 +147,13 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     a("--ce_weight", type=float, default=0.0, help="weight of a cross-entropy term against the ground-truth tokens, "
                                                    "with the same per-scale weights as the KL (default %(default)g: "
                                                    "distillation only, as in the paper)")
+    a("--kd_weight", type=float, default=1.0, help="weight of the KL term (default %(default)g); 0 with --ce_weight "
+                                                   "> 0: no teacher, the same per-scale weights on plain "
+                                                   "cross-entropy (a control for distillation)")
 
 
 def check_distill_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not args.kd_temperature > 0 or args.ce_weight < 0:
-        p.error("--kd_temperature must be > 0 and --ce_weight >= 0")
+    if not args.kd_temperature > 0 or args.ce_weight < 0 or args.kd_weight < 0:
+        p.error("--kd_temperature must be > 0, --ce_weight and --kd_weight >= 0")
+    if args.kd_weight == 0 and args.ce_weight == 0:
+        p.error("--kd_weight 0 and --ce_weight 0 leave no loss: give --ce_weight > 0 (e.g. 1) or --kd_weight > 0")

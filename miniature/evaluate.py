@@ -1,30 +1,33 @@
-"""Score every configuration of the miniature, with intervals: the large and the small VAR, CoDe training-free,
-fine-tuned and with the control refiner, per N; and draw quality against time per image.
+"""Score every configuration of the miniature, with intervals: the large and the small VAR and, per N, CoDe's
+factorial: drafter {base, specialised} x refiner {base, extra CE, distilled}.
 
-    python -m miniature.evaluate --ckpt_dir outputs/miniature/ckpt --data_path outputs/miniature/data \\
-        --draft_steps 2,3,4 --train_seeds 0,1,2 --seeds 0,1000,2000
+    python -m miniature.evaluate --ckpt_dir outputs/miniature/paper/ckpt --data_path outputs/miniature/data \\
+        --draft_steps 2,3,4 --train_seeds 0,1,2,3,4 --seeds 0,1000,2000 --jobs 2
 
-Every model configuration draws --per_class images of every class once per sampling seed (batch i of a run at
-seed s + i); fine-tuned pairs and control refiners exist once per fine-tuning seed (drafter_N_s<seed>.pth, ...).
-The classifier (ckpt_dir/classifier.pth) scores each run: accuracy = how often it names the requested class, a
-Frechet distance of its penultimate features against the real images of DATA_PATH/val, and the time per image
-with and without the VQVAE decoder (CPU times on a shared machine are noisy: compare within one run). A setting's
-mean and 95% interval come from its independent runs (miniature.stats). Two reference rows: real training
-images (the Frechet distance's floor at this sample size) and the VQVAE's reconstructions (the ceiling any
-generator reaches through this tokenizer).
+The cells: the base drafter is the large VAR, the specialised one drafter_N_s<seed>.pth; the base refiner is the
+small VAR, the extra-CE one control_N_s<seed>.pth (the refiner's training with plain cross-entropy and no
+teacher), the distilled one refiner_N_s<seed>.pth. Base/base is training-free CoDe. A cell with a trained model
+exists once per fine-tuning seed (seed 0 unmarked: drafter_N.pth) and is sampled once, at the first --seeds; the
+untrained models are sampled at every --seeds. A run draws --per_class images of every class (batch i of a run
+at seed s + i). The classifier (ckpt_dir/classifier.pth) scores each run: accuracy = how often it names the
+requested class, a Frechet distance of its penultimate features against the real images of DATA_PATH/val, and
+the time per image with and without the VQVAE decoder (CPU times on a shared machine are noisy: compare within
+one run). Two reference rows: real training images (the Frechet distance's floor at this sample size) and the
+VQVAE's reconstructions (the ceiling any generator reaches through this tokenizer).
 
 Writes, in OUT: results.jsonl (one line per run; a rerun with the same sampling settings skips the runs it
-holds), table.md / table.csv (mean and interval per setting), orderings.md (which orderings hold beyond the
-noise), tradeoff.png (quality against ms/image; needs matplotlib, skipped without it), overview.png (one
-sample of every class per setting) and grid_<setting>.png (two samples of every class).
+holds) and meta.json, the tables and tradeoff.png of miniature.report (which rebuilds them from those two
+files), overview.png (one sample of every class per setting at the middle N, fine-tuning seed 0) and
+grid_<setting>.png (two samples of every class).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -37,36 +40,20 @@ from utils.images import save_grid
 
 from .classifier import load_classifier
 from .files import SHIPPED, MiniatureFiles, add_sampling_args
-from .figure import draw_tradeoff
 from .metrics import accuracy, classify, frechet_distance, load_split
-from .stats import Estimate, difference, estimate, verdict
-
-KINDS = ("large", "small", "training-free", "fine-tuned", "control")
+from .report import DRAFTERS, REFINERS, Run, Summary, cell_name, load_runs, write_report
 
 
 @dataclass(frozen=True)
 class Setting:
     """A model configuration: which checkpoints, where the scales are split, from which fine-tuning seed."""
-    name: str  # e.g. "CoDe N=3 fine-tuned"; shared by the fine-tuning seeds of one setting
-    kind: str  # one of KINDS
+    name: str  # e.g. "large VAR (d6)"; shared by the fine-tuning seeds of one cell
+    kind: str  # "large", "small" or "code"
     n: int | None  # draft steps (None for one model)
     files: tuple[Path, ...]  # models, drafter first
     train_seed: int | None = None
-
-
-@dataclass
-class Run:
-    """The scores of one setting at one sampling seed."""
-    name: str
-    kind: str
-    n: int | None
-    train_seed: int | None
-    sample_seed: int
-    accuracy: float
-    frechet: float
-    ms_per_image: float  # transformer passes only (the paper's latency)
-    ms_per_image_decoded: float  # with the VQVAE decoder
-    config: str  # the sampling settings and sample count: runs of other settings are not reused
+    drafter: str | None = None
+    refiner: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt_dir", default=str(SHIPPED), help="the miniature's checkpoints (default: the shipped ones)")
     p.add_argument("--data_path", required=True, help="the shapes folder; DATA_PATH/val is the reference")
     p.add_argument("--draft_steps", type=int_list, default=[2, 3, 4], help="N values for CoDe (default 2,3,4)")
-    p.add_argument("--train_seeds", type=int_list, default=[0], help="fine-tuning seeds whose pairs and controls "
-                                                                     "to score, where present (default 0)")
+    p.add_argument("--train_seeds", type=int_list, default=[0], help="fine-tuning seeds whose models to score, "
+                                                                     "where present (default 0)")
     p.add_argument("--seeds", type=int_list, default=[0], help="sampling seeds: one run of every setting each "
                                                                "(default 0)")
     p.add_argument("--large_depth", type=positive_int, default=6, help="the large VAR is var_d<depth>.pth (default 6)")
@@ -85,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_sampling_args(p)
     p.add_argument("--out", default="outputs/miniature/eval", help="results, tables and figures (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs side by side in worker processes (default 1)")
+    p.add_argument("--note", default="{}", help="a JSON object written into OUT/meta.json (the recipe; default {})")
     return p.parse_args(argv)
 
 
@@ -95,12 +84,18 @@ def settings(files: MiniatureFiles, draft_steps: list[int], train_seeds: list[in
     for n in draft_steps:
         if not 1 <= n < K:
             raise UsageError(f"--draft_steps {n} is not in 1..{K - 1}")
-        out.append(Setting(f"CoDe N={n} training-free", "training-free", n, (files.large, files.small)))
-    for kind, pair in (("fine-tuned", lambda n, s: (files.drafter(n, s), files.refiner(n, s))),
-                       ("control", lambda n, s: (files.large, files.control(s)))):
-        for n in draft_steps:
-            out += [Setting(f"CoDe N={n} {kind}", kind, n, pair(n, s), s) for s in train_seeds
-                    if all(f.is_file() for f in pair(n, s))]
+    for n in draft_steps:
+        for d in DRAFTERS:
+            for r in REFINERS:
+                name = cell_name(n, d, r)
+                if (d, r) == ("base", "base"):
+                    out.append(Setting(name, "code", n, (files.large, files.small), None, d, r))
+                    continue
+                for s in train_seeds:
+                    pair = (files.drafter(n, s) if d == "specialised" else files.large,
+                            {"base": files.small, "extra CE": files.control(n, s), "distilled": files.refiner(n, s)}[r])
+                    if all(f.is_file() for f in pair):
+                        out.append(Setting(name, "code", n, pair, s, d, r))
     return out
 
 
@@ -161,7 +156,8 @@ class Evaluator:
         pred, feats = classify(self.clf, images)
         n = len(self.labels)
         return Run(s.name, s.kind, s.n, s.train_seed, seed, accuracy(pred, self.labels),
-                   frechet_distance(feats, self.ref_feats), 1000 * gen_s / n, 1000 * total_s / n, self.config)
+                   frechet_distance(feats, self.ref_feats), 1000 * gen_s / n, 1000 * total_s / n, self.config,
+                   s.drafter, s.refiner)
 
     def references(self) -> list[Run]:
         """Real training images (per_class of each class) and their VQVAE reconstructions."""
@@ -182,135 +178,67 @@ class Evaluator:
         save_grid(torch.cat(rows), path, nrow=self.num_classes, padding=1, upscale=4)
 
 
-# ---- results --------------------------------------------------------------------------------------------
-def load_runs(path: Path) -> list[Run]:
-    if not path.is_file():
-        return []
-    runs = []
-    for line in path.read_text().splitlines():
-        try:
-            runs.append(Run(**json.loads(line)))
-        except (ValueError, TypeError):
-            continue  # a line torn by a kill: that run is done again
-    return runs
+# ---- worker processes (--jobs) ----------------------------------------------------------------------------------
+_worker: Evaluator | None = None  # one per worker process
 
 
-def replicates(runs: list[Run], name: str, field: str) -> list[float]:
-    """One value per independent run of a setting: per fine-tuning seed (averaged over sampling seeds) if it
-    has them, else per sampling seed."""
-    mine = [r for r in runs if r.name == name]
-    seeds = sorted({r.train_seed for r in mine if r.train_seed is not None})
-    if not seeds:
-        return [getattr(r, field) for r in mine]
-    return [sum(getattr(r, field) for r in mine if r.train_seed == s) / sum(r.train_seed == s for r in mine)
-            for s in seeds]
+def start_worker(args: argparse.Namespace, files: MiniatureFiles) -> None:
+    global _worker
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _worker = Evaluator(args, files)
 
 
-@dataclass
-class Summary:
-    name: str
-    kind: str
-    n: int | None
-    runs: int
-    accuracy: Estimate
-    frechet: Estimate
-    ms: Estimate
-    ms_decoded: Estimate
+def run_in_worker(item: tuple[Setting, int]) -> Run:
+    return _worker.run(*item)
 
 
-def summarize(runs: list[Run]) -> list[Summary]:
-    names = list(dict.fromkeys(r.name for r in runs))
-    out = []
-    for name in names:
-        first = next(r for r in runs if r.name == name)
-        out.append(Summary(name, first.kind, first.n, sum(r.name == name for r in runs),
-                           *(estimate(replicates(runs, name, f))
-                             for f in ("accuracy", "frechet", "ms_per_image", "ms_per_image_decoded"))))
-    return out
-
-
-def comparisons(summaries: list[Summary]) -> list[tuple[str, str, str]]:
-    """(better, worse, claim) pairs: the paper's orderings (Table 2) and the control's."""
-    by = {(s.kind, s.n): s.name for s in summaries}
-    large, small = by.get(("large", None)), by.get(("small", None))
-    pairs = [(large, small, "the large model beats the small one")]
-    ns = sorted({s.n for s in summaries if s.n is not None})
-    for n in ns:
-        tf, ft, ctl = by.get(("training-free", n)), by.get(("fine-tuned", n)), by.get(("control", n))
-        pairs += [(ft, tf, f"N={n}: fine-tuning beats training-free CoDe"),
-                  (ft, ctl, f"N={n}: fine-tuning beats the control (extra steps of plain cross-entropy)"),
-                  (ctl, tf, f"N={n}: the control beats training-free CoDe"),
-                  (tf, small, f"N={n}: training-free CoDe beats the small model"),
-                  (large, tf, f"N={n}: the large model beats training-free CoDe"),
-                  (large, ft, f"N={n}: the large model beats fine-tuned CoDe")]
-    if len(ns) > 1:
-        for kind in ("training-free", "fine-tuned"):
-            pairs.append((by.get((kind, ns[-1])), by.get((kind, ns[0])),
-                          f"{kind} CoDe: N={ns[-1]} beats N={ns[0]} (more drafted scales)"))
-    return [(a, b, claim) for a, b, claim in pairs if a and b]
-
-
-def write_outputs(runs: list[Run], references: list[Run], out: Path, header: str) -> list[Summary]:
-    summaries = summarize(runs)
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["setting", "runs", "accuracy", "accuracy_95", "frechet", "frechet_95", "ms_per_image",
-                    "ms_per_image_95", "ms_per_image_decoded"])
-        for r in references:
-            w.writerow([r.name, 1, r.accuracy, "", r.frechet, "", "", "", ""])
-        for s in summaries:
-            w.writerow([s.name, s.runs, s.accuracy.mean, s.accuracy.half, s.frechet.mean, s.frechet.half, s.ms.mean,
-                        s.ms.half, s.ms_decoded.mean])
-    lines = [header, "", "| setting | runs | accuracy | Frechet distance | ms/image (VAR) | ms/image (with decoder) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.name} | 1 | {r.accuracy:.1%} | {r.frechet:.2f} | - | - |" for r in references]
-    lines += [f"| {s.name} | {s.runs} | {s.accuracy.text('{:.1f}', 100)}% | {s.frechet.text()} | {s.ms.text()} | "
-              f"{s.ms_decoded.mean:.2f} |" for s in summaries]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    orderings = ["| claim | accuracy difference (points) | verdict | Frechet difference | verdict |",
-                 "|---|---:|---|---:|---|"]
-    for better, worse, claim in comparisons(summaries):
-        acc = difference(replicates(runs, better, "accuracy"), replicates(runs, worse, "accuracy"))
-        fd = difference(replicates(runs, better, "frechet"), replicates(runs, worse, "frechet"))
-        orderings.append(f"| {claim} | {acc.text('{:+.1f}', 100)} | {verdict(acc, True)} | {fd.text('{:+.2f}')} | "
-                         f"{verdict(fd, False)} |")
-    (out / "orderings.md").write_text("\n".join(orderings) + "\n")
-    print("\n".join(lines + [""] + orderings))
-    return summaries
+def run_all(ev: Evaluator, args: argparse.Namespace, files: MiniatureFiles, todo: list[tuple[Setting, int]]):
+    """The runs of `todo`, in order, as they come; side by side in worker processes with --jobs."""
+    if args.jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=get_context("spawn"),
+                                 initializer=start_worker, initargs=(args, files)) as pool:
+            yield from pool.map(run_in_worker, todo)
+    else:
+        yield from (ev.run(s, seed) for s, seed in todo)
 
 
 def main(args: argparse.Namespace) -> list[Summary]:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        note = json.loads(args.note)
+    except ValueError as e:
+        raise UsageError(f"--note is not JSON ({e}): give an object such as '{{\"recipe\": \"paper\"}}'") from None
     files = MiniatureFiles(Path(args.ckpt_dir), args.large_depth, args.small_depth)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluator(args, files)
-    todo = settings(files, args.draft_steps, args.train_seeds, ev.K)
+    chosen = settings(files, args.draft_steps, args.train_seeds, ev.K)
     results = out / "results.jsonl"
     have = {(r.name, r.train_seed, r.sample_seed): r for r in load_runs(results) if r.config == ev.config}
-    runs = []
-    for s in todo:
-        for seed in args.seeds:
-            key = (s.name, s.train_seed, seed)
-            if key not in have:
-                have[key] = ev.run(s, seed)
-                with open(results, "a") as f:
-                    f.write(json.dumps(asdict(have[key])) + "\n")
-                r = have[key]
-                print(f"{s.name} (fine-tuning seed {s.train_seed}, sampling seed {seed}): accuracy {r.accuracy:.1%},"
-                      f" Frechet {r.frechet:.2f}, {r.ms_per_image:.2f} ms/image", flush=True)
-            runs.append(have[key])
-    header = (f"{args.per_class} images per class and run, cfg {args.cfg}, top_k {args.top_k}, top_p {args.top_p}, "
-              f"temperature {args.temperature}; sampling seeds {args.seeds}, fine-tuning seeds {args.train_seeds}; "
-              f"mean ± 95% interval over independent runs; reference: {ev.num_reference} real validation images")
-    summaries = write_outputs(runs, ev.references(), out, header)
-    chosen = [s for s in todo if s.train_seed in (None, 0) and (s.n is None or s.n == args.draft_steps[len(
-        args.draft_steps) // 2])]
-    ev.overview(chosen, out / "overview.png")
-    print(f"overview rows: {', '.join(s.name for s in chosen)}")
-    print(draw_tradeoff(summaries, out / "tradeoff.png"))
+    wanted = [(s, seed) for s in chosen for seed in (args.seeds if s.train_seed is None else args.seeds[:1])]
+    todo = [(s, seed) for s, seed in wanted if (s.name, s.train_seed, seed) not in have]
+    for (s, seed), r in zip(todo, run_all(ev, args, files, todo)):
+        have[(s.name, s.train_seed, seed)] = r
+        with open(results, "a") as f:
+            f.write(json.dumps(asdict(r)) + "\n")
+        print(f"{s.name} (fine-tuning seed {s.train_seed}, sampling seed {seed}): accuracy {r.accuracy:.1%}, "
+              f"Frechet {r.frechet:.2f}, {r.ms_per_image:.2f} ms/image", flush=True)
+    references = [r for r in load_runs(results) if r.kind == "reference" and r.config == ev.config]
+    if not references:
+        references = ev.references()
+        with open(results, "a") as f:
+            f.writelines(json.dumps(asdict(r)) + "\n" for r in references)
+    (out / "meta.json").write_text(json.dumps({"reference_images": ev.num_reference, **note}, indent=1) + "\n")
+    runs = references + [have[(s.name, s.train_seed, seed)] for s, seed in wanted]
+    summaries = write_report(runs, out, json.loads((out / "meta.json").read_text()))
+    print((out / "table.md").read_text() + "\n" + (out / "effects.md").read_text())
+    middle = args.draft_steps[len(args.draft_steps) // 2]
+    rows = [s for s in chosen if s.train_seed in (None, 0) and s.n in (None, middle)]
+    ev.overview(rows, out / "overview.png")
+    print(f"overview rows: {', '.join(s.name for s in rows)}")
     return summaries
 
 

@@ -39,9 +39,10 @@ class MiniatureFiles:
     def refiner(self, n: int, seed: int = 0) -> Path:
         return self.root / f"refiner_{n}{suffix(seed)}.pth"
 
-    def control(self, seed: int = 0) -> Path:
-        """The small VAR after as many extra steps as a refiner, of plain cross-entropy on all scales."""
-        return self.root / f"control{suffix(seed)}.pth"
+    def control(self, n: int, seed: int = 0) -> Path:
+        """The small VAR after a refiner's steps, data, optimiser and per-scale weights, but plain cross-entropy
+        and no teacher: the control for distillation."""
+        return self.root / f"control_{n}{suffix(seed)}.pth"
 
 
 def suffix(seed: int) -> str:

@@ -96,3 +96,17 @@ def test_refiner_loss_weights_scales_and_mixes_ce():
     ce = F.cross_entropy(s.transpose(1, 2), gt, reduction="none")
     torch.testing.assert_close(parts["ce"], (ce * scale_weights(0.5, N, offs)).mean())
     torch.testing.assert_close(loss, parts["kd"] + 0.7 * parts["ce"])
+
+
+def test_refiner_loss_without_teacher_is_the_same_weighted_ce():
+    """kd_weight 0: the control for distillation, the refiner's per-scale weights on plain cross-entropy."""
+    g = torch.Generator().manual_seed(2)
+    offs, N = (0, 1, 5, 14, 30), 2
+    s, t = torch.randn(2, 30, 11, generator=g), torch.randn(2, 30, 11, generator=g)
+    gt = torch.randint(0, 11, (2, 30), generator=g)
+    loss, parts = RefinerLoss(N, offs, ce_weight=1.0, kd_weight=0.0)(s, None, gt, 0.25)
+    ce = F.cross_entropy(s.transpose(1, 2), gt, reduction="none")
+    torch.testing.assert_close(loss, (ce * scale_weights(0.25, N, offs)).mean())
+    assert parts.keys() == {"ce"}
+    mixed, parts = RefinerLoss(N, offs, ce_weight=1.0, kd_weight=0.5)(s, t, gt, 0.25)
+    torch.testing.assert_close(mixed, 0.5 * parts["kd"] + parts["ce"])

@@ -1,5 +1,6 @@
 """The offline miniature (issue 6): the data set, the tokenizer's training, the quantiser's training forward,
 the shipped models, the evaluation and the whole pipeline on a toy budget."""
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -12,11 +13,12 @@ import train_vqvae
 from cli.args import UsageError, exit_code
 from code import CollaborativeDecoder
 from conftest import TINY_VAE, randomize_
-from miniature import demo, pipeline, shapes
+from miniature import demo, pipeline, report, shapes
 from miniature import evaluate as evaluate_miniature
 from miniature.classifier import load_classifier
 from miniature.files import SHIPPED, MiniatureFiles
 from miniature.metrics import accuracy, classify, frechet_distance, load_split
+from miniature.stats import difference
 from models import build_vae, load_vae, load_var
 from training.data import scan_image_folder
 from utils.images import read_png
@@ -123,7 +125,7 @@ def test_train_vqvae_reconstruction_error_falls(shapes_data, tmp_path):
     assert [r["step"] for r in log] == list(range(5, 65, 5)) and {f"use{k}" for k in range(4)} <= log[-1].keys()
 
 
-def test_train_vqvae_resume_is_exact(shapes_data, tmp_path):
+def test_train_vqvae_resume_is_exact(shapes_data, tmp_path, capsys):
     assert train_vq(shapes_data, tmp_path / "straight", "--max_steps", "4") == 0
     assert train_vq(shapes_data, tmp_path / "split", "--max_steps", "4", "--stop_at", "2") == 0
     assert not (tmp_path / "split" / "vqvae.pth").exists()
@@ -132,6 +134,9 @@ def test_train_vqvae_resume_is_exact(shapes_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # another architecture cannot continue this run
     assert train_vq(shapes_data, tmp_path / "split", "--max_steps", "4", "--resume", "auto", "--vocab_size", "32") == 2
+    assert train_vq(shapes_data, tmp_path / "sharded", "--max_steps", "4", "--shard", "fsdp") == 2
+    assert "--shard fsdp shards VAR models (each block, then the rest); train the vqvae without it" in \
+        capsys.readouterr().err
 
 
 def test_frechet_distance_of_shifted_gaussians():
@@ -152,7 +157,7 @@ def shipped_accuracy(shipped):
     """How often the shipped classifier names the requested class, 30 samples per class and chain (chance: 10%);
     30, not fewer, so that the orderings below hold for other random streams (torch 2.4 draws another) too."""
     files, vae, clf = shipped
-    K, labels = vae.quantize.num_scales, torch.arange(10).repeat(30)
+    labels = torch.arange(10).repeat(30)
     chains = {"large": ([files.large], []), "small": ([files.small], []),
               "training-free": ([files.large, files.small], [SHIPPED_N]),
               "fine-tuned": ([files.drafter(SHIPPED_N), files.refiner(SHIPPED_N)], [SHIPPED_N])}
@@ -193,34 +198,117 @@ def test_demo_draws_a_grid_offline(tmp_path, capsys):
         demo.main(demo.parse_args(["--output", str(out), "--draft_steps", "7"]))
 
 
+CELLS = [f"CoDe N=2: {d} drafter, {r} refiner" for d in ("base", "specialised") for r in ("base", "extra CE",
+                                                                                             "distilled")]
+CELLS[0] += " (training-free)"
+CELLS[-1] += " (fine-tuned)"
+
+
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples of 128 features: singular covariances
 def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     argv = ["--work", str(tmp_path / "work"), "--preset", "smoke", "--threads", "1", "--jobs", "2", "--ship",
             "--ship_draft_steps", "2", "--ship_dir", str(tmp_path / "shipped")]
     assert pipeline.main(pipeline.parse_args(argv)) == 0
-    work, ev = tmp_path / "work", tmp_path / "work" / "eval"
-    table = (ev / "table.csv").read_text().splitlines()
-    assert [line.split(",")[:2] for line in table] == [
+    work, ev = tmp_path / "work", tmp_path / "work" / "paper" / "eval"
+    table = list(csv.reader((ev / "table.csv").read_text().splitlines()))
+    assert [row[:2] for row in table] == [
         ["setting", "runs"], ["real images (train)", "1"], ["VQVAE reconstructions", "1"], ["large VAR (d6)", "2"],
-        ["small VAR (d2)", "2"], ["CoDe N=2 training-free", "2"], ["CoDe N=2 fine-tuned", "4"],
-        ["CoDe N=2 control", "4"]]  # 2 sampling seeds; 2 fine-tuning seeds x 2 for the trained settings
-    assert sorted(p.name for p in (work / "ckpt").glob("*_s1.pth")) == ["control_s1.pth", "drafter_2_s1.pth",
-                                                                        "refiner_2_s1.pth"]
+        ["small VAR (d2)", "2"], *([name, "2"] for name in CELLS)]  # 2 sampling seeds; 2 fine-tuning seeds
+    assert sorted(p.name for p in (work / "paper" / "ckpt").glob("*_s1.pth")) == [
+        "control_2_s1.pth", "drafter_2_s1.pth", "refiner_2_s1.pth"]
     assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == [
         "classifier.pth", "drafter_2.pth", "refiner_2.pth", "var_d2.pth", "var_d6.pth", "vqvae.pth"]
-    assert sorted(p.name for p in ev.glob("grid_*.png")) == [
-        "grid_code_n2_control.png", "grid_code_n2_fine_tuned.png", "grid_code_n2_training_free.png",
-        "grid_large_var_d6.png", "grid_small_var_d2.png"]
+    assert len(list(ev.glob("grid_*.png"))) == 8
+    # the control sees the refiner's batches from the same weights: the same cross-entropy at the first step
+    first = [json.loads((work / "paper" / "runs" / f"{role}_2_s1" / "log.jsonl").read_text().splitlines()[0])
+             for role in ("refiner", "control")]
+    assert first[0]["ce"] == first[1]["ce"] and "kd" in first[0] and "kd" not in first[1]
     orderings = (ev / "orderings.md").read_text()
-    assert "N=2: fine-tuning beats the control" in orderings and "the large model beats the small one" in orderings
-    assert read_png(ev / "overview.png").shape == (4 * (5 * 17 + 1), 4 * (10 * 17 + 1), 3)  # 5 settings x 10 classes
+    assert "N=2: fine-tuning beats training-free CoDe" in orderings
+    assert "the large model beats the small one" in orderings
+    effects = (ev / "effects.md").read_text()
+    assert all(f"| 2 | {label} |" in effects for label, _ in report.EFFECTS)
+    drafter, distill = report.EFFECTS[0][0], report.EFFECTS[2][0]
+    assert f"| 2 | {drafter} | 2 + 2 |" in effects and f"| 2 | {distill} | 2 |" in effects  # seeds + sampling runs
+    assert read_png(ev / "overview.png").shape == (4 * (8 * 17 + 1), 4 * (10 * 17 + 1), 3)  # 8 settings x 10 classes
     assert (ev / "tradeoff.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
-    assert len((ev / "results.jsonl").read_text().splitlines()) == 14
+    assert len((ev / "results.jsonl").read_text().splitlines()) == 18  # 6 untrained + 5 cells x 2 + 2 references
+    assert json.loads((ev / "meta.json").read_text())["refiner"] == {"lr": "0.0016", "steps": 1, "wd": 0.0}
     capsys.readouterr()
     assert pipeline.main(pipeline.parse_args(argv[:4])) == 0  # everything exists: only the tables are made again
     out = capsys.readouterr().out
     assert "all stages existed" in out and "(fine-tuning seed" not in out  # no run was repeated
-    assert len((ev / "results.jsonl").read_text().splitlines()) == 14
+    assert len((ev / "results.jsonl").read_text().splitlines()) == 18
+    # the tables rebuild from the raw results alone
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "meta.json").write_bytes((ev / "meta.json").read_bytes())
+    lines = (ev / "results.jsonl").read_text().splitlines()
+    other = json.loads(lines[5])
+    other["config"], other["accuracy"] = "{}", 0.9  # an evaluation under other sampling settings is left out
+    # a run listed twice counts once
+    (copy / "results.jsonl").write_text("\n".join([json.dumps(other), *lines, *lines[:3]]) + "\n")
+    assert report.main(report.parse_args([str(copy)])) == 0
+    for name in ("table.md", "table.csv", "factorial.md", "effects.md", "orderings.md"):
+        assert (copy / name).read_text() == (ev / name).read_text(), name
+    assert report.main(report.parse_args([str(tmp_path / "empty")])) == 2
+
+
+def fake_runs(values: dict[tuple[str, str], list[float]], base: list[float]) -> list[report.Run]:
+    """Accuracy per fine-tuning seed of every trained cell at N=3, and per sampling seed of the training-free one."""
+    runs = [report.Run(report.cell_name(3, "base", "base"), "code", 3, None, 1000 * i, v, 0.0, 0.0, 0.0, "{}",
+                       "base", "base") for i, v in enumerate(base)]
+    for (d, r), per in values.items():
+        runs += [report.Run(report.cell_name(3, d, r), "code", 3, s, 0, v, 0.0, 0.0, 0.0, "{}", d, r)
+                 for s, v in enumerate(per)]
+    return runs
+
+
+def test_effects_are_paired_by_fine_tuning_seed():
+    """Each seed's trained cells share a shift (the seed's luck): a contrast of trained cells cancels it exactly;
+    the training-free cell, where it enters, adds its own runs (Welch)."""
+    shift = [0.0, 0.2, -0.1, 0.05, 0.3]
+    level = {("base", "extra CE"): 0.7, ("base", "distilled"): 0.72, ("specialised", "base"): 0.68,
+             ("specialised", "extra CE"): 0.71, ("specialised", "distilled"): 0.75}
+    runs = fake_runs({cell: [v + s for s in shift] for cell, v in level.items()}, [0.64, 0.65, 0.66])
+    labels = dict(report.EFFECTS)
+    distill, seeds, untrained = report.effect(runs, 3, labels[
+        "distillation beyond extra training (distilled - extra CE refiner, mean over the 2 drafters)"], "accuracy")
+    assert (seeds, untrained) == (5, 0) and distill.mean == pytest.approx(0.03) and distill.half < 1e-9
+    whole, seeds, untrained = report.effect(runs, 3, labels[
+        "the paper's fine-tuning (specialised + distilled - training-free)"], "accuracy")
+    expected = difference([0.75 + s for s in shift], [0.64, 0.65, 0.66])
+    assert (seeds, untrained) == (5, 3) and whole.mean == pytest.approx(0.1 + sum(shift) / 5)
+    assert whole.half == pytest.approx(expected.half)
+    inter, _, _ = report.effect(runs, 3, labels["interaction: drafter specialisation x extra training"], "accuracy")
+    assert inter.mean == pytest.approx(0.71 - 0.68 - 0.7 + 0.65 - sum(shift) / 5)
+    assert report.effect(runs[:3], 3, labels["interaction: drafter specialisation x distillation"], "accuracy") is None
+
+
+def test_pipeline_recipes_scale_the_pre_training():
+    full = pipeline.PRESETS["full"]
+    assert pipeline.RECIPES["paper"].steps(full) == (100, 500) and pipeline.RECIPES["strong"].steps(full) == (200, 1000)
+    note = pipeline.recipe_note("paper", full)
+    assert (note["drafter"]["lr"], note["refiner"]["lr"], note["pretraining_lr"]) == ("0.00016", "0.0016", "0.016")
+    assert pipeline.recipe_note("strong", full)["drafter"]["lr"] == "0.002"
+    files = MiniatureFiles(Path("ckpt"))
+    refiner = pipeline.refiner_argv(Path("d"), files, Path("o"), 3, full, pipeline.RECIPES["paper"], 4)
+    control = pipeline.control_argv(Path("d"), files, Path("o"), 3, full, pipeline.RECIPES["paper"], 4)
+    pairs = lambda argv: {(a, b) for a, b in zip(argv[::2], argv[1::2])}  # noqa: E731
+    assert pairs(refiner) - pairs(control) == {("--teacher", "ckpt/var_d6.pth"), ("--teacher_depth", "6")}
+    assert pairs(control) - pairs(refiner) == {("--kd_weight", "0"), ("--ce_weight", "1")}
+
+
+def test_pipeline_grid_flags_narrow_the_preset(capsys):
+    """--draft_steps 3 --train_seeds 0-2: the strong recipe's committed grid, and nothing else, is trained."""
+    sizes = pipeline.sizes_of(pipeline.parse_args(["--draft_steps", "3", "--train_seeds", "0-2"]))
+    tasks = pipeline.finetuning_wave(Path("d"), MiniatureFiles(Path("c")), Path("w"), sizes, pipeline.RECIPES["strong"])
+    assert [t.name for t in tasks] == [f"{role} N=3 seed {s}" for s in range(3) for role in ("refiner", "control",
+                                                                                            "drafter")]
+    assert pipeline.sizes_of(pipeline.parse_args([])) == pipeline.PRESETS["full"]
+    with pytest.raises(SystemExit) as e:
+        pipeline.parse_args(["--draft_steps", "3,6"])
+    assert e.value.code == 2 and "each N must be in 1..5" in capsys.readouterr().err
 
 
 def test_evaluate_rejects_a_draft_step_out_of_range(tmp_path, shapes_data):
@@ -230,7 +318,7 @@ def test_evaluate_rejects_a_draft_step_out_of_range(tmp_path, shapes_data):
 
 
 @pytest.mark.parametrize("script", ["train_vqvae", "train_var", "miniature.train_classifier", "miniature.evaluate",
-                                    "miniature.demo", "miniature.shapes", "miniature.pipeline"])
+                                    "miniature.demo", "miniature.shapes", "miniature.pipeline", "miniature.report"])
 def test_help(script, capsys):
     module = __import__(script, fromlist=["parse_args"])
     with pytest.raises(SystemExit) as e:

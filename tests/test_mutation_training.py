@@ -1,10 +1,14 @@
 """What a training step is fed: crop offsets, flips, labels and the data order, checked against their definitions."""
+import math
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from training.data import DataError, ImageFolder, ImageTransform
+from training.losses import drafter_ce
+from training.optim import LRSchedule
 from training.sampler import ShardedBatchSampler
 
 
@@ -83,3 +87,29 @@ def test_the_stream_reads_each_epochs_own_permutation(n, bs, accum, world):
             batch = perm[(step % spe) * G:][:G][rank * bs * accum:][:bs * accum].tolist()
             got = [next(stream) for _ in range(accum)]
             assert [i for mb in got for i, _ in mb] == batch and {e for mb in got for _, e in mb} == {epoch}
+
+
+def test_crops_at_a_realistic_size_keep_the_resized_side_and_reach_every_offset():
+    """At size 32 the short side is resized to round(1.125 * 32) = 36, so a 40 x 36 image is kept and cropped at
+    tops 0..4 and lefts 0..8 (at size 8 a wrong ratio or range can round to the right one)."""
+    x, y = np.meshgrid(np.arange(40), np.arange(36))
+    img = Image.fromarray(np.stack([x * 6, y * 7, np.full_like(x, 255)], -1).astype(np.uint8))
+    crops = set()
+    for s in range(100):
+        px = (ImageTransform(32)(img, np.random.default_rng(s)) + 1) / 2 * 255
+        left, top = px[0, 0, 0].item() / 6, px[1, 0, 0].item() / 7
+        assert left == pytest.approx(round(left), abs=1e-4) and top == pytest.approx(round(top), abs=1e-4)
+        crops.add((round(top), round(left)))
+    assert {t for t, _ in crops} == set(range(5)) and {l for _, l in crops} == set(range(9))
+
+
+def test_cosine_decay_is_a_half_cosine_for_any_spelling_of_its_name():
+    name = "".join(["cos", "ine"])  # a string built at run time, as argparse's are: not the interned literal
+    sched = LRSchedule(peak=1.0, total_steps=9, warmup_steps=0, kind=name, min_ratio=0.0)
+    for step in range(9):
+        assert sched(step) == pytest.approx(0.5 + 0.5 * math.cos(math.pi * step / 8))
+
+
+def test_drafter_ce_names_the_tokens_it_got_and_needs():
+    with pytest.raises(ValueError, match="logits cover 4 tokens but scales 1..3 need 14"):
+        drafter_ce(torch.zeros(2, 4, 7), torch.zeros(2, 30, dtype=torch.long), 3, (0, 1, 5, 14, 30))

@@ -1,5 +1,4 @@
 """train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
-import importlib
 import json
 import multiprocessing
 import os
@@ -12,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 import train_drafter
@@ -162,7 +163,7 @@ def test_two_processes_match_one_process(assets, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "train_drafter.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count(f"exported") == 1  # rank 0 logs
+    assert "(1/GPU x 2 accum x 2 GPUs)" in proc.stderr and proc.stderr.count("exported") == 1  # rank 0 logs
     one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
     init = weights(assets / "d2.pth")
     # The all-reduce sums gradients in another order than accumulation does, and Adam's first steps divide by
@@ -174,6 +175,76 @@ def test_two_processes_match_one_process(assets, tmp_path):
             assert (two[k] - v).norm() <= 1e-2 * step + 1e-7, k
     losses_one = [r["loss"] for r in log_records(tmp_path / "one")]
     assert [r["loss"] for r in log_records(tmp_path / "two")] == pytest.approx(losses_one, rel=1e-5)
+
+
+def sharded_argv(assets, out, *extra):
+    """3 steps of global batch 4, validation after each: 3 images, 2 on rank 0 and 1 on rank 1."""
+    a = args_for(assets, out, "--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0",
+                 "--batch_size", "1", "--eval_every", "1", *extra)
+    a[a.index("--grad_accum"): a.index("--grad_accum") + 2] = ["--global_batch", "4"]
+    return a
+
+
+def sharded_worker(rank: int, assets, tmp_path) -> None:
+    """One rank of 2 (gloo), as torchrun starts it: an uninterrupted --shard fsdp run ('two'), then one stopped
+    after step 2 ('split', its checkpoint copied to 'other') and resumed."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    runs = [("two",), ("split", "--stop_at", "2"), ("split", "--resume", "auto")]
+    for i, (out, *extra) in enumerate(runs):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{i}'}", rank=rank, world_size=2)
+        assert run(train_drafter, sharded_argv(assets, tmp_path / out, "--shard", "fsdp", "--threads", "1",
+                                               *extra)) == 0
+        if rank == 0 and "--stop_at" in extra:
+            shutil.copytree(tmp_path / "split" / "ckpt_last.dcp", tmp_path / "other" / "ckpt_last.dcp")
+
+
+@pytest.mark.slow
+def test_sharded_runs_match_one_process_resume_exactly_and_at_another_world_size(assets, tmp_path, capsys):
+    """--shard fsdp with 2 gloo ranks (one launch): == 1 unsharded process within the sharding tolerance (losses,
+    uneven sharded validation, weights); stopped and resumed == uninterrupted, bit for bit; its step-2 checkpoint
+    resumed by 1 process (DCP reshards) ends where the 2-rank run does; the export loads strictly."""
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "one")) == 0
+    mp.spawn(sharded_worker, args=(assets, tmp_path), nprocs=2, join=True)
+    assert (tmp_path / "two" / "ckpt_last.dcp").is_dir() and not (tmp_path / "two" / "ckpt_last.pth").exists()
+    one, two = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "two" / f"drafter_{N}.pth")
+    init = weights(assets / "d2.pth")
+    assert two.keys() == one.keys() and isinstance(load_var(tmp_path / "two" / f"drafter_{N}.pth", depth=2), VAR)
+
+    def assert_close(a: dict, b: dict) -> float:  # within 1e-4 of each update, as the DDP test explains
+        worst = 0.0
+        for k, v in a.items():
+            if v.is_floating_point() and k != "attn_bias_for_masking":
+                assert (b[k] - v).norm() <= 1e-4 * (v - init[k]).norm() + 1e-7, k
+                worst = max(worst, float((b[k] - v).norm() / (v - init[k]).norm()))
+        return worst
+
+    sharded_vs_one = assert_close(one, two)
+    for key in ("loss", "val_loss"):
+        expected = [r[key] for r in log_records(tmp_path / "one") if key in r]
+        assert len(expected) == 3 and [r[key] for r in log_records(tmp_path / "two") if key in r] == \
+            pytest.approx(expected, rel=1e-6)
+    split = weights(tmp_path / "split" / f"drafter_{N}.pth")
+    assert all(torch.equal(v, split[k]) for k, v in two.items())
+
+    capsys.readouterr()
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "other", "--resume", "auto")) == 2
+    assert f"{tmp_path / 'other' / 'ckpt_last.dcp'} is a sharded checkpoint: continue it with --shard fsdp" in \
+        capsys.readouterr().err
+    assert run(train_drafter, sharded_argv(assets, tmp_path / "other", "--shard", "fsdp", "--resume", "auto")) == 0
+    err = capsys.readouterr().err
+    assert "(1/GPU x 4 accum x 1 GPUs)" in err and "written by 2 processes; resharded for 1" in err
+    resharded = assert_close(two, weights(tmp_path / "other" / f"drafter_{N}.pth"))
+    print(f"worst |diff| / |update|: 2 sharded ranks vs 1 process {sharded_vs_one:.1e}, resumed by 1 process vs "
+          f"2 ranks {resharded:.1e}")
+
+
+def test_a_sharded_refiner_in_one_process_equals_the_unsharded_one(assets, tmp_path):
+    """FSDP2 over one process (no torchrun) with the frozen teacher left whole: the same run, bit for bit."""
+    for out, extra in (("plain", ()), ("sharded", ("--shard", "fsdp"))):
+        assert run(train_refiner, refiner_args(assets, tmp_path / out, "--max_steps", "2", *extra)) == 0
+    a, b = (weights(tmp_path / d / f"refiner_{N}.pth") for d in ("plain", "sharded"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "sharded" / "ckpt_last.dcp" / "meta.pth").is_file()
 
 
 def test_exported_weights_load_and_generate(assets, tmp_path):
@@ -330,6 +401,20 @@ def test_refiner_flags_validation_and_loss_mix(assets, tmp_path):
     assert [r["step"] for r in val] == [1, 2] and all(r["val_kd"] > 0 for r in val)
     for r in train + [{k[4:]: v for k, v in r.items() if k.startswith("val_")} for r in val]:
         assert r["loss"] == pytest.approx(r["kd"] + 0.5 * r["ce"], rel=1e-5)
+    with pytest.raises(SystemExit):  # no loss left
+        train_refiner.parse_args(refiner_args(assets, tmp_path, "--kd_weight", "0"))
+
+
+def test_refiner_without_teacher_sees_the_same_batches(assets, tmp_path):
+    """--kd_weight 0 --ce_weight 1 (the miniature's control): no teacher is read, and the run's data order is the
+    distilled refiner's: the same cross-entropy at the first step, from the same initial weights."""
+    assert run(train_refiner, refiner_args(assets, tmp_path / "kd", "--max_steps", "2")) == 0
+    argv = refiner_args(assets, tmp_path / "ce", "--max_steps", "2", "--kd_weight", "0", "--ce_weight", "1")
+    argv[argv.index("--teacher") + 1] = str(tmp_path / "missing.pth")
+    assert run(train_refiner, argv) == 0
+    kd, ce = ([r for r in log_records(tmp_path / d) if "loss" in r] for d in ("kd", "ce"))
+    assert "kd" not in ce[0] and ce[0]["loss"] == pytest.approx(ce[0]["ce"])
+    assert ce[0]["ce"] == pytest.approx(kd[0]["ce"], rel=1e-6)
 
 
 # ---- bad input and interrupted runs (issue 12) -----------------------------------------------------------------

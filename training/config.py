@@ -7,6 +7,8 @@ from pathlib import Path
 
 from utils.errors import UsageError
 
+SHARD_CHOICES = ("none", "fsdp")  # fsdp: FSDP2 over the ranks (training.shard)
+
 
 class ConfigError(UsageError, ValueError):
     """Settings that cannot work together (batch arithmetic, depths, draft steps, models that do not fit)."""
@@ -39,6 +41,7 @@ class TrainConfig:
     save_every: int = 1000
     log_every: int = 50
     eval_every: int = 0
+    shard: str = "none"  # or "fsdp": weights, gradients and AdamW state sharded over the ranks
 
     def recipe(self) -> dict:
         """The settings that fix the data order, the schedules and the numerics: a resumed run repeats them."""

@@ -94,11 +94,13 @@ class Trainer:
                              f"good checkpoint (if any) is {self.settings.last_checkpoint}")
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, step: int) -> dict[str, float]:
-        """Mean losses over the (sharded) validation split, weighted by batch size."""
+    def evaluate(self, model: nn.Module, loader, step: int, extra_passes: int = 0) -> dict[str, float]:
+        """Mean losses over the (sharded) validation split, weighted by batch size. `extra_passes` repeat the last
+        batch, discarded: a sharded model's passes gather weights from every rank, so all ranks run as many."""
         model.eval()
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), dtype=torch.float64, device=self.info.device)
+        batch = None
         for batch in loader:
             with self.autocast():
                 loss, parts = self.loss_step(model, batch, step, self.settings.total_steps)
@@ -106,6 +108,9 @@ class Trainer:
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0) + v.double() * n
             count += n
+        for _ in range(extra_passes):
+            with self.autocast():
+                self.loss_step(model, batch, step, self.settings.total_steps)
         totals = reduce_over_ranks({"count": count, **sums}, self.info.device, mean=False)
         count = max(totals.pop("count"), 1.0)
         return {f"val_{k}": v / count for k, v in totals.items()}

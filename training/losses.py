@@ -43,17 +43,22 @@ def kl_teacher_student(student_BLV: torch.Tensor, teacher_BLV: torch.Tensor, tem
 
 @dataclass
 class RefinerLoss:
-    """loss = mean_tokens(w * KL(teacher || student)) + ce_weight * mean_tokens(w * CE(student, ground truth))."""
+    """loss = kd_weight * mean_tokens(w * KL(teacher || student)) + ce_weight * mean_tokens(w * CE(student, ground
+    truth)). kd_weight 0 needs no teacher (pass None): the same per-scale weights on plain cross-entropy."""
     draft_steps: int
     offsets: tuple[int, ...]
     temperature: float = 1.0
     ce_weight: float = 0.0
+    kd_weight: float = 1.0
 
-    def __call__(self, student_BLV: torch.Tensor, teacher_BLV: torch.Tensor, gt_BL: torch.Tensor,
+    def __call__(self, student_BLV: torch.Tensor, teacher_BLV: torch.Tensor | None, gt_BL: torch.Tensor,
                  lam: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w_L = scale_weights(lam, self.draft_steps, self.offsets, student_BLV.device)
-        kd = (kl_teacher_student(student_BLV, teacher_BLV, self.temperature) * w_L).mean()
         ce_BL = F.cross_entropy(student_BLV.float().transpose(1, 2), gt_BL, reduction="none")
         ce = (ce_BL * w_L).mean()
-        loss = kd + self.ce_weight * ce if self.ce_weight else kd
+        if not self.kd_weight:
+            return self.ce_weight * ce, {"ce": ce.detach()}
+        kd = (kl_teacher_student(student_BLV, teacher_BLV, self.temperature) * w_L).mean()
+        loss = kd if self.kd_weight == 1 else self.kd_weight * kd
+        loss = loss + self.ce_weight * ce if self.ce_weight else loss
         return loss, {"kd": kd.detach(), "ce": ce.detach()}

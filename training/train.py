@@ -2,7 +2,8 @@
 
 `train` owns the rest: the sharded resumable data order, AdamW with warm-up and decay, the step (accumulation,
 autocast, clipping, non-finite checks), DDP under torchrun, tqdm and logs from rank 0, atomic checkpoints and
-exact resume.
+exact resume; with `--shard fsdp` (TrainConfig.shard), FSDP2 and sharded checkpoints instead of DDP
+(training.shard, training.shard_ckpt).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from .log import MetricLog, log
 from .loop import LoopSettings, LossStep, Trainer
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .sampler import ShardedBatchSampler
+from .shard import check_shard, ensure_process_group, gather_into, missing_passes, sharded_twin
+from .shard_ckpt import SHARDED_NAME, load_sharded, read_meta, save_sharded, sharded_checkpoint
 from .state import CKPT_NAME, check_recipe, load_checkpoint, save_checkpoint, set_rng_state
 
 
@@ -32,7 +35,8 @@ def train(config: TrainConfig, model: nn.Module, loss_step: LossStep, data: Imag
     """Train `model` (its `config.to_dict()` goes into the checkpoints) on `data` with `loss_step`, from
     OUTPUT_DIR/ckpt_last.pth when resuming. `role` names the run (a checkpoint of another role is refused),
     `recipe` holds the script's settings a resumed run must repeat, `tokens_per_sample` is for the log's
-    throughput. True when the run is complete and this is rank 0: the caller exports the weights."""
+    throughput. True when the run is complete and this is rank 0: the caller exports the weights (a sharded run
+    gathers them into `model` first)."""
     dist = init_distributed(config.device)
     try:
         return run(config, dist, model, loss_step, data, {**(recipe or {}), "role": role}, tokens_per_sample)
@@ -42,7 +46,7 @@ def train(config: TrainConfig, model: nn.Module, loss_step: LossStep, data: Imag
 
 def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossStep, data: ImageFolder,
         recipe: dict, tokens_per_sample: int) -> bool:
-    out, role = config.output_dir, recipe["role"]
+    out, role, sharded = config.output_dir, recipe["role"], config.shard == "fsdp"
     if config.threads:
         torch.set_num_threads(config.threads)
     if dist.device.type == "cuda":  # fp32 work outside autocast (a frozen VQVAE) may use TF32
@@ -50,6 +54,10 @@ def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossSt
     if dist.is_main and (stale := remove_temp_files(out)):
         log.info("removed %d temporary files an interrupted run left in %s: %s", len(stale), out,
                  ", ".join(p.name for p in stale))
+    dtype = autocast_dtype(config.dtype, dist.device)
+    check_shard(config.shard, model, dtype, role)
+    if sharded:
+        ensure_process_group(dist)
     ckpt, ckpt_path = read_resume(config)
     grad_accum, global_batch = config.batch_plan(dist.world_size)
     start = ckpt["step"] if ckpt else 0
@@ -61,31 +69,43 @@ def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossSt
     if ckpt:
         restore(model, ckpt, ckpt_path, recipe)
         log.info("resuming from %s at step %d (epoch %d)", ckpt_path, start, ckpt["epoch"])
-    model = model.to(dist.device).train()
-    wrapped = ddp(model, dist) if dist.world_size > 1 else model
+        if ckpt.get("world_size", dist.world_size) != dist.world_size:
+            log.info("it was written by %d processes; resharded for %d", ckpt["world_size"], dist.world_size)
+    if sharded:  # `model` stays plain (on its device) and receives the trained weights at the end
+        trained = wrapped = sharded_twin(model, dist.device, fill=not ckpt)
+    else:
+        trained = model.to(dist.device).train()
+        wrapped = ddp(trained, dist) if dist.world_size > 1 else trained
     peak = scaled_lr(config.lr, global_batch)
-    optimizer = build_optimizer(model, peak, config.wd)
-    dtype = autocast_dtype(config.dtype, dist.device)
+    optimizer = build_optimizer(trained, peak, config.wd)
     scaler = torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None
-    if ckpt:
+    if ckpt and sharded:
+        load_sharded(ckpt_path, trained, optimizer)
+        set_rng_state(ckpt["rng"])
+    elif ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])  # for completeness: every step reseeds from (seed, rank, step) anyway
     ckpt = None  # free the loaded optimizer state
     schedule = LRSchedule(peak, total, round(config.warmup_ratio * total), config.schedule, config.min_lr_ratio)
+    last = out / (SHARDED_NAME if sharded else CKPT_NAME)
     trainer = Trainer(wrapped, optimizer, scaler, schedule, loss_step, dist,
-                      LoopSettings(total, grad_accum, config.clip, dtype, config.seed, out / CKPT_NAME))
+                      LoopSettings(total, grad_accum, config.clip, dtype, config.seed, last))
     log.info("%s: %.2fM parameters, %d images in %d classes, %d steps of %d images (%d/GPU x %d accum x %d GPUs), "
              "peak lr %.3g, %s", role, sum(p.numel() for p in model.parameters()) / 1e6, len(data),
              len(data.classes), total, global_batch, config.batch_size, grad_accum, dist.world_size, peak,
              dtype or torch.float32)
 
     def save(step: int) -> None:
-        if dist.is_main:
-            save_checkpoint(out / CKPT_NAME, model=model, optimizer=optimizer, scaler=scaler, step=step,
-                            data=sampler.position(step).to_dict(), recipe=recipe, extra={"role": role})
-            log.info("saved %s at step %d", out / CKPT_NAME, step)
+        position = sampler.position(step).to_dict()
+        if sharded:
+            save_sharded(last, model=trained, optimizer=optimizer, step=step, data=position, recipe=recipe,
+                         config=model.config.to_dict())
+        elif dist.is_main:
+            save_checkpoint(last, model=trained, optimizer=optimizer, scaler=scaler, step=step, data=position,
+                            recipe=recipe, extra={"role": role})
+        log.info("saved %s at step %d", last, step)
         barrier()
 
     end = min(total, config.stop_at) if config.stop_at else total
@@ -94,6 +114,7 @@ def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossSt
                                              collate_fn=collate, pin_memory=dist.device.type == "cuda")
         metrics = MetricLog(dist, out, total, sampler.steps_per_epoch, start)
         val = val_loader(config, data.transform.size, dist)
+        extra_passes = missing_passes(trained, len(val), dist.device) if val is not None else 0
         bar = tqdm(total=total, initial=start, disable=not dist.is_main, desc="train", dynamic_ncols=True)
         batches = checked(iter(loader))  # the iterator draws its base seed now, before any step reseeds
         for step in range(start, end):
@@ -105,35 +126,51 @@ def run(config: TrainConfig, dist: DistInfo, model: nn.Module, loss_step: LossSt
             if done % config.log_every == 0 or done == end:
                 metrics.flush(done)
             if val is not None and done % config.eval_every == 0:
-                metrics.write(done, trainer.evaluate(model, checked(val), step))
+                metrics.write(done, trainer.evaluate(trained, checked(val), step, extra_passes))
             if config.save_every and done % config.save_every == 0 and done != end:
                 save(done)
         bar.close()
         save(end)
+    if sharded and end == total:
+        gather_into(trained, model)
     model.eval()
     return end == total and dist.is_main
 
 
 def read_resume(config: TrainConfig) -> tuple[dict | None, Path | None]:
-    """The checkpoint to continue from, if any. A fresh run does not overwrite another run's checkpoint."""
-    last = config.output_dir / CKPT_NAME
+    """The checkpoint to continue from, if any (of a sharded one, its metadata: its tensors are read once sharded).
+    A fresh run does not overwrite another run's checkpoint; a sharded checkpoint continues sharded, a plain one
+    not."""
+    sharded, plain = config.shard == "fsdp", config.output_dir / CKPT_NAME
+    found = sharded_checkpoint(config.output_dir / SHARDED_NAME), plain if plain.is_file() else None
+    own, other = found if sharded else found[::-1]
     if config.resume == "auto":
-        return (load_checkpoint(last), last) if last.is_file() else (None, None)
-    if config.resume:
-        return load_checkpoint(config.resume), Path(config.resume)
-    if last.is_file():
-        raise ConfigError(f"{config.output_dir} holds the checkpoint of another run ({last}): continue it with "
-                          "--resume auto, or start this one in another --output_dir")
-    return None, None
+        if (path := own or other) is None:
+            return None, None
+    elif config.resume:
+        path = Path(config.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"--resume checkpoint {path} does not exist")
+    elif own or other:
+        raise ConfigError(f"{config.output_dir} holds the checkpoint of another run ({own or other}): continue it "
+                          "with --resume auto, or start this one in another --output_dir")
+    else:
+        return None, None
+    if path.is_dir() != sharded:
+        raise ConfigError(f"{path} is {'a sharded' if path.is_dir() else 'an unsharded'} checkpoint: continue it "
+                          f"{'with' if path.is_dir() else 'without'} --shard fsdp")
+    return (read_meta(path) if sharded else load_checkpoint(path)), path
 
 
 def restore(model: nn.Module, ckpt: dict, path: Path, recipe: dict) -> None:
-    """Check that the checkpoint continues this run, then load its weights into the model."""
+    """Check that the checkpoint continues this run, then load its weights into the model (a sharded checkpoint's
+    are loaded into the sharded model)."""
     check_recipe(ckpt["recipe"], recipe, path)
     if ckpt["config"] != model.config.to_dict():
         raise CheckpointError(f"{path} holds another model ({ckpt['config']}, not {model.config.to_dict()}); "
                               "pass the flags of the run that wrote it")
-    model.load_state_dict(ckpt["model"], strict=True, assign=True)
+    if "model" in ckpt:
+        model.load_state_dict(ckpt["model"], strict=True, assign=True)
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
