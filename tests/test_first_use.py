@@ -217,6 +217,7 @@ def test_benchmark_tiny_is_a_small_run_with_a_progress_bar(capsys):
     assert (len(full.cases), full.batch_size, full.warmup, full.repeats) == (6, 64, 2, 5)
     report = benchmark.main(["--tiny", "--device", "cpu", "--no-eager"])  # the documented command, fast path only
     assert "| var-d16 | fast |" in report and "| code-8 | fast |" in report and "batch 2 " in report
+    assert "| eager |" not in report
     assert "cases: 100%" in capsys.readouterr().err
 
 
