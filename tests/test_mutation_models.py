@@ -9,6 +9,7 @@ from conftest import TINY_VAE, TINY_VAR
 from models import build_vae, build_var
 from models.kv_cache import KVCache
 from models.quant import PhiShared
+from models.vae_blocks import Decoder
 from models.var_blocks import DropPath
 
 
@@ -77,3 +78,34 @@ def test_a_cache_over_given_tensors_needs_keys_and_values_alike():
     for v in (torch.zeros(2, 3, 6, 4), k.double(), torch.zeros(2, 3, 5)):
         with pytest.raises(ValueError, match="must match"):
             KVCache.over(k if v.ndim == 4 else v, v)
+    five = torch.zeros(2, 3, 5, 4, 1)  # (B, H, T, c) only, even when keys and values agree
+    with pytest.raises(ValueError, match="must match"):
+        KVCache.over(five, five.clone())
+
+
+def test_a_vae_decoder_built_without_a_rate_drops_nothing():
+    torch.manual_seed(0)
+    decoder = Decoder(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4)
+    z = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(decoder.train()(z), decoder.eval()(z))
+
+
+def test_the_training_quantizer_returns_the_tokens_latent_with_a_straight_through_gradient():
+    vae = build_vae(**TINY_VAE)
+    torch.manual_seed(0)
+    f = torch.randn(2, TINY_VAE["z_channels"], 4, 4, requires_grad=True)
+    out = vae.quantize(f)
+    assert torch.equal(out.f_hat, vae.quantize.f_to_tokens(f, return_fhat=True)[-1])
+    assert torch.equal(out.f_hat, vae.quantize.tokens_to_fhat(out.tokens))
+    (out.f_hat * torch.arange(f.numel()).view_as(f)).sum().backward()
+    assert torch.equal(f.grad, torch.arange(f.numel()).view_as(f).float())
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_a_latent_of_another_size_than_the_last_patch_is_refused(size):
+    vae = build_vae(**TINY_VAE)
+    with pytest.raises(ValueError, match=f"latent is {size}x{size} but the last patch size is 4"):
+        vae.quantize(torch.zeros(1, TINY_VAE["z_channels"], size, size))
+    with pytest.raises(ValueError, match="last patch size"):
+        vae.quantize.f_to_tokens(torch.zeros(1, TINY_VAE["z_channels"], size, size))
