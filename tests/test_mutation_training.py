@@ -113,3 +113,12 @@ def test_cosine_decay_is_a_half_cosine_for_any_spelling_of_its_name():
 def test_drafter_ce_names_the_tokens_it_got_and_needs():
     with pytest.raises(ValueError, match="logits cover 4 tokens but scales 1..3 need 14"):
         drafter_ce(torch.zeros(2, 4, 7), torch.zeros(2, 30, dtype=torch.long), 3, (0, 1, 5, 14, 30))
+
+
+def test_an_unreadable_file_is_named_once_with_the_reason(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "0.png").write_text("not an image")
+    with pytest.raises(DataError) as info:
+        ImageFolder(tmp_path, ImageTransform(8))[(0, 0)]
+    message = str(info.value)
+    assert message.count("cannot be read as an image") == 1 and "0.png" in message and "--resume auto" in message

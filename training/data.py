@@ -22,7 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 
 from utils.errors import UsageError
-from utils.images import open_rgb_as_stored
+from utils.images import ImageFileError, open_rgb_as_stored
 
 
 class DataError(UsageError, ValueError):
@@ -79,7 +79,9 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         try:
             x = self.transform(self.loader(path), rng)
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
-            raise DataError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): replace it with a "
+            what = str(e) if isinstance(e, ImageFileError) else \
+                f"{path} cannot be read as an image ({type(e).__name__}: {e})"
+            raise DataError(f"{what}: replace it with a "
                             "readable image (removing it changes the data order, which a resumed run refuses), then "
                             "rerun the same command with --resume auto") from None
         drop = self.transform.train and bool(rng.random() < self.cond_drop)

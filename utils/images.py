@@ -72,21 +72,25 @@ def open_rgb(path: str | os.PathLike, upright: bool = True) -> Image.Image:
     return to_8bit(open_image(path, upright)).convert("RGB")
 
 
+class ImageFileError(ValueError):
+    """An image file that cannot be decoded; the message names the file and why."""
+
+
 def open_image(path: str | os.PathLike, upright: bool = True) -> Image.Image:
     """An image file decoded in full, in its own mode (see open_rgb)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image file")
+        raise ImageFileError(f"{path} is a folder, not an image file")
     try:
         with Image.open(path) as im:
             im.load()
             return ImageOps.exif_transpose(im) if upright else im.copy()
     except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
+        raise ImageFileError(f"{path} does not exist") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{path} is too large to decode safely ({e}); resize it") from None
+        raise ImageFileError(f"{path} is too large to decode safely ({e}); resize it") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
-        raise ValueError(f"{path} cannot be read as an image ({type(e).__name__}: {e})") from None
+        raise ImageFileError(f"{path} cannot be read as an image ({type(e).__name__}: {e})") from None
 
 
 def open_rgb_as_stored(path: str | os.PathLike) -> Image.Image:
