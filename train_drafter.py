@@ -14,16 +14,15 @@ from pathlib import Path
 import torch
 
 from cli.args import exit_on_error, setup_logging
-from cli.train_args import add_finetune_args, check_finetune_args, parse_training_args, train_config, training_parser
-from models import load_vae, load_var
+from cli.train_args import (add_finetune_args, check_finetune_args, load_student, parse_training_args, train_config,
+                            training_parser)
 from training.config import TrainConfig
 from training.data import ImageFolder, ImageTransform
 from training.losses import drafter_ce
 from training.state import export_weights
-from training.tokens import check_classes, check_draft_steps, fits, make_batch
+from training.tokens import check_classes, make_batch
 from training.train import train
 from utils.dist import is_rank_zero, local_device
-from utils.hub import var_file
 
 RECIPE = TrainConfig(output_dir=Path("output/drafter"), lr=1e-6, wd=0.08, epochs=17.5)
 
@@ -42,13 +41,7 @@ def main(args: argparse.Namespace) -> None:
     device, n = local_device(config.device), args.draft_steps
 
     torch.manual_seed(config.seed)
-    init = args.init or var_file(args.depth)
-    drafter = load_var(init, depth=args.depth, ckpt_dir=args.ckpt_dir)
-    check_draft_steps(n, drafter, "drafter")
-    vae = load_vae(args.vae, patch_nums=drafter.config.patch_nums, device=device, ckpt_dir=args.ckpt_dir)
-    vae.eval().requires_grad_(False)
-    fits(vae, [drafter], f"the drafter ({init})")
-    drafter.set_drop_path(args.drop_path)
+    drafter, vae = load_student(args, "drafter", device)
     offsets, null_class = drafter.config.offsets, drafter.config.num_classes
 
     def loss_step(model: torch.nn.Module, batch: tuple, step: int, total_steps: int):

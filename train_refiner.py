@@ -18,13 +18,13 @@ import torch
 
 from cli.args import exit_on_error, setup_logging
 from cli.train_args import (add_distill_args, add_finetune_args, check_distill_args, check_finetune_args,
-                            parse_training_args, train_config, training_parser)
-from models import VAR, VQVAE, load_vae, load_var
+                            load_student, parse_training_args, train_config, training_parser)
+from models import VAR, VQVAE, load_var
 from training.config import TrainConfig
 from training.data import ImageFolder, ImageTransform
 from training.losses import RefinerLoss, kd_lambda
 from training.state import export_weights
-from training.tokens import check_classes, check_draft_steps, fits, make_batch
+from training.tokens import check_classes, fits, make_batch
 from training.train import train
 from utils.dist import is_rank_zero, local_device
 from utils.hub import var_file
@@ -55,13 +55,7 @@ def main(args: argparse.Namespace) -> None:
     device, n = local_device(config.device), args.draft_steps
 
     torch.manual_seed(config.seed)
-    init = args.init or var_file(args.depth)
-    refiner = load_var(init, depth=args.depth, ckpt_dir=args.ckpt_dir)
-    check_draft_steps(n, refiner, "refiner")
-    vae = load_vae(args.vae, patch_nums=refiner.config.patch_nums, device=device, ckpt_dir=args.ckpt_dir)
-    vae.eval().requires_grad_(False)
-    fits(vae, [refiner], f"the refiner ({init})")
-    refiner.set_drop_path(args.drop_path)
+    refiner, vae = load_student(args, "refiner", device)
     teacher = load_teacher(args, refiner, vae, device) if args.kd_weight else None
     loss_fn = RefinerLoss(n, refiner.config.offsets, args.kd_temperature, args.ce_weight, args.kd_weight)
     null_class = refiner.config.num_classes

@@ -7,8 +7,12 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
+from models import VAR, VQVAE, load_vae, load_var
 from training.config import SHARD_CHOICES, TrainConfig
-from utils.hub import VAE_FILE
+from training.tokens import check_draft_steps, fits
+from utils.hub import VAE_FILE, var_file
 
 from .args import DTYPE_CHOICES, non_negative_int, positive_int, resolve_device
 
@@ -157,3 +161,16 @@ def check_distill_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         p.error("--kd_temperature must be > 0, --ce_weight and --kd_weight >= 0")
     if args.kd_weight == 0 and args.ce_weight == 0:
         p.error("--kd_weight 0 and --ce_weight 0 leave no loss: give --ce_weight > 0 (e.g. 1) or --kd_weight > 0")
+
+
+def load_student(args: argparse.Namespace, role: str, device: torch.device) -> tuple[VAR, VQVAE]:
+    """The model a fine-tuning script trains (from --init, or the published VAR of --depth) and its frozen VQVAE,
+    checked against --draft_steps and each other, with --drop_path set."""
+    init = args.init or var_file(args.depth)
+    model = load_var(init, depth=args.depth, ckpt_dir=args.ckpt_dir)
+    check_draft_steps(args.draft_steps, model, role)
+    vae = load_vae(args.vae, patch_nums=model.config.patch_nums, device=device, ckpt_dir=args.ckpt_dir)
+    vae.eval().requires_grad_(False)
+    fits(vae, [model], f"the {role} ({init})")
+    model.set_drop_path(args.drop_path)
+    return model, vae
