@@ -36,6 +36,8 @@ def estimate(values: Sequence[float]) -> Estimate:
 def difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
     """mean(a) - mean(b) with a Welch 95% interval (unequal variances, Welch-Satterthwaite degrees of freedom)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:  # one run has no spread to estimate: no interval
+        return Estimate(float(a.mean() - b.mean()), math.nan, len(a) + len(b))
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     if se == 0:
