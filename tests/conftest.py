@@ -17,7 +17,9 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import build_vae_var  # noqa: E402
+import huggingface_hub.constants  # noqa: E402
+
+from models import build_vae_var, build_var  # noqa: E402
 
 TINY_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8, patch_nums=(1, 2, 3, 4))
 TINY_VAR = dict(width=64, heads=2, num_classes=10)
@@ -45,7 +47,6 @@ def tiny_pair(depth: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32,
 
 def tiny_var_like(vae, depth: int, seed: int, dtype: torch.dtype = torch.float32, **overrides):
     """Another VAR speaking the same VQVAE's tokens (for drafter / refiner pairs of different depths)."""
-    from models import build_var
     c = vae.config
     torch.manual_seed(seed)
     var = build_var(depth, vocab_size=c.vocab_size, cvae=c.z_channels, patch_nums=c.patch_nums,
@@ -82,9 +83,8 @@ def offline_hf_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as c
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return cache
 
 

@@ -1,10 +1,11 @@
 """What a newcomer meets first: missing weights, fixes that can be typed, the miniature through the real scripts
-(--miniature), the benchmark's smoke run, and bad input under torchrun."""
+(--miniature), the benchmark's smoke run, and bad input on two ranks."""
 import logging
+import multiprocessing
 import os
 import re
+import runpy
 import socket
-import subprocess
 import sys
 
 import huggingface_hub
@@ -221,7 +222,7 @@ def test_benchmark_tiny_is_a_small_run_with_a_progress_bar(capsys):
     assert "cases: 100%" in capsys.readouterr().err
 
 
-# ---- torchrun: bad input printed once ----------------------------------------------------------------
+# ---- two ranks: bad input printed once ----------------------------------------------------------------
 def bad_input(args):
     raise UsageError("--thing is wrong: pass --thing 1")
 
@@ -246,15 +247,34 @@ def test_a_failed_run_is_printed_by_every_rank_with_its_rank(monkeypatch, capsys
     assert e.value.code == 1 and capsys.readouterr().err == "error: rank 1: No space left on device\n"
 
 
-@pytest.mark.slow
-def test_torchrun_missing_weights_one_message_workers_exit_2(tmp_path):
+def script_as_rank(rank: int, port: int, script: str, argv: list[str], out: str) -> None:
+    """A forked child as torchrun starts a worker of 2 (its environment; no interpreter start), running the script
+    as __main__ with its output in `out`."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    log = os.open(out, os.O_WRONLY | os.O_CREAT)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # not pytest's capture
+    sys.argv = [script, *argv]
+    runpy.run_path(script, run_name="__main__")
+
+
+def test_two_ranks_missing_weights_one_message_workers_exit_2(offline_hf_cache, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    p = subprocess.run([*torchrun, str(ROOT / "sample_CoDe.py"), "--device", "cpu", "--ckpt_dir", str(tmp_path / "empty"),
-                        "--output_path", str(tmp_path / "s")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
-    output = p.stdout + p.stderr
-    assert output.count("error: checkpoint drafter_8.pth not found") == 1
-    # torchrun exits 1 whenever a worker fails; the workers' own status, 2, is in its report
-    assert p.returncode == 1 and re.search(r"rank\s*: \d \(local_rank: \d\)\s*\n\s*exitcode\s*: 2 ", output)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--device", "cpu", "--ckpt_dir", str(tmp_path / "empty"), "--output_path", str(tmp_path / "s")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = str(ROOT / "sample_CoDe.py")
+    ranks = [multiprocessing.get_context("fork").Process(
+        target=script_as_rank, args=(r, port, script, argv, str(tmp_path / f"{r}.txt"))) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    output = "".join((tmp_path / f"{r}.txt").read_text() for r in range(2))
+    assert [p.exitcode for p in ranks] == [2, 2], output
+    assert output.count("drafter_8.pth not found") == 1 and "error: checkpoint drafter_8.pth not found" in output, output
+    assert not (tmp_path / "s").exists()

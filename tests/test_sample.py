@@ -1,4 +1,5 @@
 """sample_CoDe.py: the same images whatever the batch size, process count or interruptions; a valid .npz."""
+import multiprocessing
 import os
 import shutil
 import signal
@@ -34,6 +35,13 @@ def small_argv(ckpts, out, *extra):
 
 def sample(argv):
     return sample_CoDe.main(sample_CoDe.parse_args(argv))
+
+
+def sample_quietly(argv):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sample(argv)
 
 
 def pngs(folder):
@@ -169,17 +177,18 @@ def test_resume_after_an_interruption_gives_the_same_npz(reference, small_ckpts,
 @pytest.mark.slow
 @pytest.mark.parametrize("png", [True, False])
 def test_a_kill_while_writing_resumes_to_the_same_npz(reference, small_ckpts, tmp_path, png):
-    """A real SIGKILL of a running process, then the same command again."""
+    """A real SIGKILL of a running process (forked from this one: no interpreter start), then the same command
+    again."""
     argv = small_argv(small_ckpts, tmp_path, "--batch_size", "1", "--per_class", "20", "--classes", "0-2,5",
                       *([] if png else ["--no_png"]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "sample_CoDe.py", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = multiprocessing.get_context("fork").Process(target=sample_quietly, args=(argv,))
+    proc.start()
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((tmp_path / "shards").glob("*.npz"))) < 3 and proc.poll() is None:
+    while time.time() < deadline and len(list((tmp_path / "shards").glob("*.npz"))) < 3 and proc.is_alive():
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.kill()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
     interrupted = not list(tmp_path.glob("samples_*.npz"))
     npz = sample(argv)
     straight = sample(small_argv(small_ckpts, tmp_path / "straight", "--batch_size", "7", "--per_class", "20",

@@ -18,7 +18,7 @@ from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generat
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
-from utils.images import read_png
+from utils.images import read_png, save_grid
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3
 
@@ -41,6 +41,18 @@ def grid_of(images):
     """What the scripts save: torchvision's grid, 8 per row, rounded to nearest as save_image does."""
     grid = torchvision.utils.make_grid(images, nrow=8, padding=0)
     return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("batch, nrow, padding, pad_value, upscale, name", [
+    (1, 8, 2, 1.0, 1, "a.png"), (5, 2, 0, 1.0, 1, "b.png"), (7, 3, 1, 0.25, 2, "c.png"), (8, 8, 3, 0.0, 1, "d.jpg")])
+def test_save_grid_is_torchvisions_save_image_of_make_grid(tmp_path, batch, nrow, padding, pad_value, upscale, name):
+    images = torch.rand(batch, 3, 5, 4, generator=torch.Generator().manual_seed(batch))
+    images[0, 0, 0, 0], images[-1, 1, 1, 1] = -0.1, 1.2  # out of range: clamped alike
+    ours, theirs = tmp_path / f"ours_{name}", tmp_path / f"theirs_{name}"
+    save_grid(images, ours, nrow=nrow, padding=padding, pad_value=pad_value, upscale=upscale)
+    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    torchvision.utils.save_image(grid.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2), theirs)
+    assert ours.read_bytes() == theirs.read_bytes()
 
 
 def test_infer_original_by_depth_matches_the_library(hub, tmp_path, capsys):
@@ -301,15 +313,19 @@ def script(*argv):
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-HELP_OF_EVERY_SCRIPT = """
+HELP_OF_EVERY_SCRIPT_THEN_A_RUN = """
 import runpy, sys
-for name in sys.argv[1:]:
+names, run = sys.argv[1:sys.argv.index("--then")], sys.argv[sys.argv.index("--then") + 1:]
+for name in names:
     print(f"=== {name}")
     sys.argv = [name, "--help"]
     try:
         runpy.run_path(name, run_name="__main__")
     except SystemExit as e:
         print(f"=== exit {e.code}")
+print("=== run")
+sys.argv = run
+runpy.run_path(run[0], run_name="__main__")
 """
 SCRIPT_FLAGS = {"infer_original.py": "--model_depth", "infer_CoDe.py": "--training_free", "sample_CoDe.py": "--per_class",
                 "train_drafter.py": "--draft_steps", "train_refiner.py": "--teacher", "train_var.py": "--depth",
@@ -317,25 +333,24 @@ SCRIPT_FLAGS = {"infer_original.py": "--model_depth", "infer_CoDe.py": "--traini
 
 
 @pytest.mark.slow
-def test_every_script_runs_from_a_fresh_interpreter_and_prints_its_help():
-    """One interpreter runs each script as __main__ from the root, as `python script.py --help` would."""
-    r = script("-c", HELP_OF_EVERY_SCRIPT, *SCRIPT_FLAGS)
+def test_every_script_runs_from_a_fresh_interpreter_prints_its_help_and_generates(hub, small_ckpts, tmp_path):
+    """One interpreter runs each script as __main__ from the root, as `python script.py --help` would, then
+    infer_CoDe.py as `python infer_CoDe.py ...` would."""
+    r = script("-c", HELP_OF_EVERY_SCRIPT_THEN_A_RUN, *SCRIPT_FLAGS, "--then", "infer_CoDe.py",
+               *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2", "--output",
+                           str(tmp_path / "b.png")))
     helps = {m[0]: (m[1], m[2]) for m in re.findall(r"=== (\S+)\n(.*?)=== exit (\S+)", r.stdout, re.S)}
     assert list(helps) == list(SCRIPT_FLAGS), r.stderr[-2000:]
     for name, flag in SCRIPT_FLAGS.items():
         text, code = helps[name]
         assert code == "0" and flag in text and "--device" in text, name
     assert all("--dtype" in helps[name][0] for name in ("infer_original.py", "infer_CoDe.py", "sample_CoDe.py"))
-
-
-@pytest.mark.slow
-def test_processes_generate_and_fail_cleanly(hub, small_ckpts, tmp_path, capsys, monkeypatch):
-    r = script("infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2",
-                                            "--output", str(tmp_path / "b.png")))
     assert r.returncode == 0 and read_png(tmp_path / "b.png").shape == (8, 16, 3), r.stderr
-    assert "latency with the VQVAE decoder" in r.stdout
-    # the failure through the script's __main__ block, in-process (workers of a real torchrun exit 2 too:
-    # tests/test_first_use.py)
+    assert "latency with the VQVAE decoder" in r.stdout.split("=== run")[1]
+
+
+def test_a_failure_through_the_main_block_exits_2_with_one_line(small_ckpts, tmp_path, capsys, monkeypatch):
+    """In-process (two ranks exit 2 too: tests/test_first_use.py)."""
     monkeypatch.setattr(sys, "argv", ["infer_CoDe.py", *small_args(small_ckpts, "--draft_steps", "2", "--class_labels",
                                                                    "12", "--output", str(tmp_path / "c.png"))])
     with pytest.raises(SystemExit) as e:

@@ -1,4 +1,4 @@
-"""Image files: uint8 conversion, atomic PNG writes, grids (torchvision), and loading a square input image."""
+"""Image files: uint8 conversion, atomic PNG writes, grids, and loading a square input image."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, ImageOps
 
 from .files import atomic_write
@@ -38,16 +37,35 @@ def image_format(path: str | os.PathLike) -> str | None:
     return fmt if fmt in Image.SAVE else None
 
 
+def make_grid(images_B3HW: torch.Tensor, nrow: int = 8, padding: int = 0, pad_value: float = 1.0) -> torch.Tensor:
+    """Images (B, 3, H, W) as one (3, H', W') picture, `nrow` per row, `padding` pixels of `pad_value` around and
+    between them; one image is returned as it is. The layout of torchvision's make_grid, without importing it
+    (torchvision's import costs every script a second or two)."""
+    if images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images_B3HW.shape)}")
+    if images_B3HW.shape[0] == 1:
+        return images_B3HW[0]
+    B, C, H, W = images_B3HW.shape
+    cols = min(nrow, B)
+    rows = -(-B // cols)
+    h, w = H + padding, W + padding
+    grid = images_B3HW.new_full((C, rows * h + padding, cols * w + padding), pad_value)
+    for k in range(B):
+        y, x = divmod(k, cols)
+        grid[:, y * h + padding:(y + 1) * h, x * w + padding:(x + 1) * w] = images_B3HW[k]
+    return grid
+
+
 def save_grid(images_B3HW: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 0,
               pad_value: float = 1.0, upscale: int = 1) -> None:
-    """Images in [0, 1] as one grid, `nrow` per row (torchvision's make_grid and save_image: rounded to nearest),
+    """Images in [0, 1] as one grid, `nrow` per row (make_grid; rounded to nearest as torchvision's save_image),
     optionally enlarged `upscale` times (nearest), written atomically in the format of the suffix (PNG if none)."""
-    grid = torchvision.utils.make_grid(images_B3HW.detach().float().cpu(), nrow=nrow, padding=padding,
-                                       pad_value=pad_value)
+    grid = make_grid(images_B3HW.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=pad_value)
     if upscale > 1:
         grid = grid.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
+    pixels = quantize(grid.unsqueeze(0), "nearest")[0].numpy()
     fmt = image_format(path) or "PNG"
-    atomic_write(path, lambda f: torchvision.utils.save_image(grid, f, format=fmt))
+    atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format=fmt))
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
