@@ -19,7 +19,7 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .figure import draw_tradeoff
@@ -70,6 +70,18 @@ def cell_name(n: int, drafter: str, refiner: str) -> str:
     return f"CoDe N={n}: {drafter} drafter, {refiner} refiner{tag}"
 
 
+LATER_SETTINGS = {"more_smooth": False}  # sampling settings added after runs were recorded: what those runs used
+
+
+def canonical_config(config: str) -> str:
+    """A run's sampling settings, with the settings added later at the value runs recorded before had."""
+    try:
+        settings = json.loads(config)
+    except ValueError:
+        return config
+    return json.dumps({**LATER_SETTINGS, **settings}, sort_keys=True) if isinstance(settings, dict) else config
+
+
 def load_runs(path: Path) -> list[Run]:
     """The runs of a results.jsonl; a run that appears twice (same setting, seeds and sampling settings) counts
     once, so that a file assembled from two evaluations does not weigh it double."""
@@ -81,6 +93,7 @@ def load_runs(path: Path) -> list[Run]:
             r = Run(**json.loads(line))
         except (ValueError, TypeError):
             continue  # a line torn by a kill: that run is done again
+        r = replace(r, config=canonical_config(r.config))
         runs.setdefault((r.name, r.train_seed, r.sample_seed, r.config), r)
     return list(runs.values())
 

@@ -6,6 +6,7 @@ import json
 import math
 import multiprocessing
 import pickle
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,19 @@ def test_effects_are_paired_by_fine_tuning_seed():
     inter, _, _ = report.effect(runs, 3, labels["interaction: drafter specialisation x extra training"], "accuracy")
     assert inter.mean == pytest.approx(0.71 - 0.68 - 0.7 + 0.65 - sum(shift) / 5)
     assert report.effect(runs[:3], 3, labels["interaction: drafter specialisation x distillation"], "accuracy") is None
+
+
+def test_runs_recorded_before_a_sampling_setting_existed_count_with_its_default(tmp_path):
+    """A results.jsonl grown over versions: a run without `more_smooth` is a run with more_smooth false."""
+    old = {"per_class": 300, "cfg": 2.0, "top_k": 0}
+    run = report.Run("large VAR (d6)", "large", None, None, 0, 0.7, 22.0, 1.0, 1.0, json.dumps(old))
+    now = replace(run, sample_seed=1000, config=json.dumps({**old, "more_smooth": False}, sort_keys=True))
+    smooth = replace(run, sample_seed=2000, config=json.dumps({**old, "more_smooth": True}))
+    again = replace(run, config=json.dumps({**old, "more_smooth": False}))  # the first run, recorded again
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in (run, now, smooth, again)))
+    runs = report.load_runs(tmp_path / "results.jsonl")
+    assert [r.sample_seed for r in runs] == [0, 1000, 2000]
+    assert runs[0].config == runs[1].config != runs[2].config
 
 
 @pytest.mark.filterwarnings("error")
