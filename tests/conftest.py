@@ -64,6 +64,14 @@ def pair64():
     return tiny_pair(dtype=torch.float64)
 
 
+def output_to(path: str | os.PathLike) -> None:
+    """In a forked child: its stdout and stderr, at the file level and in sys, to `path` (not the test's capture)."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
 def fill_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> None:
     """Lay files out as huggingface_hub's cache does, so hf_hub_download finds them offline."""
     commit = "0" * 40

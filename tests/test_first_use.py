@@ -21,7 +21,7 @@ from cli.args import UsageError, exit_on_error, setup_logging
 from cli.checkpoints import draft_steps
 from cli.miniature import MINIATURE_DIR
 from code import CollaborativeDecoder
-from conftest import ROOT
+from conftest import ROOT, output_to
 from models import load_vae, load_var
 from utils.hub import download_command
 from utils.images import read_png
@@ -252,10 +252,7 @@ def script_as_rank(rank: int, port: int, script: str, argv: list[str], out: str)
     as __main__ with its output in `out`."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    log = os.open(out, os.O_WRONLY | os.O_CREAT)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # not pytest's capture
+    output_to(out)
     sys.argv = [script, *argv]
     runpy.run_path(script, run_name="__main__")
 

@@ -14,7 +14,7 @@ import torch
 import sample_CoDe
 from cli.args import UsageError
 from code import collaborative_generate
-from conftest import ROOT
+from conftest import ROOT, output_to
 from fid.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, SampleWriteError, image_seed, plan,
                          png_is_whole)
 from fid.writer import BatchWriter
@@ -38,9 +38,7 @@ def sample(argv):
 
 
 def sample_quietly(argv):
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+    output_to(os.devnull)
     sample(argv)
 
 
