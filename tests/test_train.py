@@ -1,7 +1,6 @@
 """train_drafter.py / train_refiner.py end to end on tiny models and a tiny image folder (CPU)."""
 import json
 import multiprocessing
-import os
 import re
 import runpy
 import shutil
@@ -10,24 +9,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
 import train_drafter
 import train_refiner
 from code import var_generate
-from cli.args import exit_code
 from conftest import ROOT, tiny_pair, tiny_var_like
+from two_ranks import N, args_for, run, sharded_argv, two_rank_worker
 from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform
 from training.losses import RefinerLoss, drafter_ce
 from training.optim import LRSchedule, scaled_lr
 from training.tokens import make_batch
 from utils.checkpoint import atomic_save
-
-N = 2  # draft steps of the tiny 4-scale models
-
 
 def write_folder(root, counts, seed):
     rng = np.random.default_rng(seed)
@@ -54,19 +49,8 @@ def assets(tmp_path_factory):
     return root
 
 
-def args_for(assets, out, *extra, data="data"):
-    return ["--depth", "2", "--draft_steps", str(N), "--data_path", str(assets / data), "--init",
-            str(assets / "d2.pth"), "--vae", str(assets / "vae.pth"), "--output_dir", str(out), "--device", "cpu",
-            "--num_workers", "0", "--batch_size", "2", "--grad_accum", "2", "--log_every", "1", "--save_every", "0",
-            *extra]
-
-
 def refiner_args(assets, out, *extra, **kw):
     return args_for(assets, out, "--teacher_depth", "3", "--teacher", str(assets / "d3.pth"), *extra, **kw)
-
-
-def run(script, argv) -> int:
-    return exit_code(script.main, script.parse_args(argv))
 
 
 def weights(path):
@@ -146,27 +130,6 @@ def test_resume_refuses_a_different_recipe(assets, tmp_path, capsys):
     ckpt = tmp_path / "ckpt_last.pth"
     assert run(train_drafter, args_for(assets, tmp_path, "--max_steps", "2", "--lr", "3e-4", "--resume", str(ckpt))) == 2
     assert f"{ckpt} was written by a different training recipe" in capsys.readouterr().err
-
-
-def sharded_argv(assets, out, *extra):
-    """3 steps of global batch 4, validation after each: 3 images, 2 on rank 0 and 1 on rank 1."""
-    a = args_for(assets, out, "--max_steps", "3", "--hflip", "--cond_drop", "0.5", "--lr", "0.5", "--drop_path", "0",
-                 "--batch_size", "1", "--eval_every", "1", *extra)
-    a[a.index("--grad_accum"): a.index("--grad_accum") + 2] = ["--global_batch", "4"]
-    return a
-
-
-def two_rank_worker(rank: int, assets, tmp_path) -> None:
-    """One rank of 2 (gloo), as torchrun starts it: a DDP run ('ddp'), an uninterrupted --shard fsdp run ('two'),
-    then one stopped after step 2 ('split', its checkpoint copied to 'other') and resumed."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
-    runs = [("ddp",), ("two", "--shard", "fsdp"), ("split", "--shard", "fsdp", "--stop_at", "2"),
-            ("split", "--shard", "fsdp", "--resume", "auto")]
-    for i, (out, *extra) in enumerate(runs):
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{i}'}", rank=rank, world_size=2)
-        assert run(train_drafter, sharded_argv(assets, tmp_path / out, "--threads", "1", *extra)) == 0
-        if rank == 0 and "--stop_at" in extra:
-            shutil.copytree(tmp_path / "split" / "ckpt_last.dcp", tmp_path / "other" / "ckpt_last.dcp")
 
 
 @pytest.mark.slow
