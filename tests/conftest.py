@@ -21,6 +21,8 @@ import huggingface_hub.constants  # noqa: E402
 
 from models import build_vae_var, build_var  # noqa: E402
 
+pytest_plugins = ["tiny_checkpoints"]  # its session fixtures, built once per session (not once per importing module)
+
 TINY_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8, patch_nums=(1, 2, 3, 4))
 TINY_VAR = dict(width=64, heads=2, num_classes=10)
 
@@ -73,7 +75,8 @@ def output_to(path: str | os.PathLike) -> None:
 
 
 def fill_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> None:
-    """Lay files out as huggingface_hub's cache does, so hf_hub_download finds them offline."""
+    """Lay files out as huggingface_hub's cache does, so hf_hub_download finds them offline: the snapshot's entries
+    are symlinks, as the hub's own (to the files given, not to copies in blobs/)."""
     commit = "0" * 40
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,7 @@ def fill_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> None
     snap = repo / "snapshots" / commit
     snap.mkdir(parents=True, exist_ok=True)
     for name, src in files.items():
-        (snap / name).write_bytes(Path(src).read_bytes())
+        (snap / name).symlink_to(Path(src).resolve())
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from code import FastPathError, collaborative_generate, make_edit, var_generate
 from code.fast import FastPath, FastSteps
 from fid.samples import MAX_PER_CLASS, MAX_SEED, ImageKey, SampleFolder, image_seed
 from models import load_vae, load_var
-from tiny_checkpoints import small_ckpts  # noqa: F401
 from training.data import ImageFolder, ImageTransform
 from utils.files import atomic_write
 from utils.images import load_image, open_rgb

@@ -11,7 +11,6 @@ from conftest import tiny_pair, tiny_var_like
 from models import cast_linear_weights_
 from models.kv_cache import KVCache
 from test_fast import CODE_KW, fake_cuda_graphs
-from tiny_checkpoints import small_ckpts  # noqa: F401
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from fid.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, Samp
                          png_is_whole)
 from fid.writer import BatchWriter
 from models import load_vae, load_var
-from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
+from tiny_checkpoints import load_published
 from utils.images import read_png, to_uint8
 
 CLASSES, PER_CLASS = "0-2,5", 3  # 12 images

@@ -17,7 +17,7 @@ from cli.args import UsageError, code_temperature, exit_on_error
 from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generate, inpaint, var_generate
 from conftest import ROOT
 from models import load_vae, load_var
-from tiny_checkpoints import hub, load_published, published_ckpts, small_ckpts  # noqa: F401
+from tiny_checkpoints import load_published
 from utils.images import read_png, save_grid
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3

@@ -12,7 +12,6 @@ import share_pair
 from cli.args import UsageError
 from conftest import fill_hf_cache
 from models import load_pair, load_vae, load_var
-from tiny_checkpoints import small_ckpts  # noqa: F401
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint, save_safetensors
 from utils.files import sha256_file
 from utils.hf_uri import HubRef, parse_hf_uri
