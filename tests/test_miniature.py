@@ -272,11 +272,13 @@ def test_pipeline_smoke_runs_every_stage_and_resumes(tmp_path, capsys, monkeypat
     assert pickle.loads(pickle.dumps((ev_args, paper))) == (ev_args, paper)
     monkeypatch.setattr(evaluate_miniature, "get_context", lambda method: multiprocessing.get_context("fork"))
     evaluate_miniature.main(ev_args)
-    same = [{k: v for k, v in json.loads(line).items() if not k.startswith("ms_")}
-            for line in (tmp_path / "jobs2" / "results.jsonl").read_text().splitlines()]
-    numbers = {(r["name"], r["train_seed"], r["sample_seed"]): r for r in
-               ({k: v for k, v in json.loads(line).items() if not k.startswith("ms_")} for line in lines)}
-    assert len(same) == 10 and all(numbers[(r["name"], r["train_seed"], r["sample_seed"])] == r for r in same)
+    def numbers(text: str) -> dict[tuple, dict]:  # each run's results but its times, by setting and seeds
+        runs = [{k: v for k, v in json.loads(line).items() if not k.startswith("ms_")} for line in text.splitlines()]
+        return {(r["name"], r["train_seed"], r["sample_seed"]): r for r in runs}
+
+    written = (tmp_path / "jobs2" / "results.jsonl").read_text()
+    in_workers, in_process = numbers(written), numbers((ev / "results.jsonl").read_text())
+    assert len(written.splitlines()) == len(in_workers) == 10 and all(in_process[k] == r for k, r in in_workers.items())
 
 
 def fake_runs(values: dict[tuple[str, str], list[float]], base: list[float]) -> list[report.Run]:
