@@ -274,6 +274,7 @@ class FastVAEDecoder(nn.Module):
         self.to(dtype=self.dtype, memory_format=self.memory_format)
         self.requires_grad_(False)
         options = {"dynamic": False, **(compile_options or {})}
+        self.compiled = compile
         self._images = torch.compile(self.images, **options) if compile else self.images
         self._ran: set[tuple] = set()  # input shapes already run (compiled) once
 
@@ -297,7 +298,7 @@ class FastVAEDecoder(nn.Module):
     @torch.no_grad()
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 in [0, 1], as CollaborativeDecoder.decode returns them."""
-        with compile_settings(self._images is not self.images):
+        with compile_settings(self.compiled):
             out = [self._chunk(f) for f in f_hat.split(self.chunk)]
         return torch.cat(out).contiguous()
 
