@@ -14,7 +14,6 @@ import weakref
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
 import code.fast as fast_mod
@@ -22,7 +21,7 @@ from benchmarks import benchmark
 from code import CollaborativeDecoder, FastPath, FastPathError, TokenEdit, var_generate
 from code.fast import FastSteps, FastVAEDecoder, dynamo_limits
 from code.sampling import draw_from_noise, fill_noise_, sample_tokens
-from conftest import tiny_pair, tiny_var_like
+from tiny import tiny_pair, tiny_var_like
 from models import cast_linear_weights_
 from models.scales import token_offsets
 from models.var import VARConfig
@@ -189,6 +188,20 @@ def test_the_fast_path_leaves_float32_models_alone(chain):
     assert torch.equal(var_generate(drafter, vae, [1, 2], seed=0), var_generate(drafter, vae, [1, 2], seed=0, fast=path))
 
 
+def test_only_compiled_passes_touch_dynamo(chain, monkeypatch):
+    """Dynamo's limits are raised around compiled passes only: an uncompiled path (the default on a CPU) neither
+    patches Dynamo's settings nor pays its import (~1.5 s)."""
+    calls = []
+    monkeypatch.setattr(fast_mod, "dynamo_limits", lambda *a: calls.append(a) or contextlib.nullcontext())
+    vae, drafter, refiner = chain
+    decoder = CollaborativeDecoder(vae, [drafter, refiner], [2])
+    decoder([1], seed=0, fast=FastPath(decoder))  # its run-time check decodes with the fast VQVAE decoder too
+    assert calls == []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # "compiled": the same code, eagerly
+    decoder([1], seed=0, fast=FastPath(decoder, compile=True))
+    assert len(calls) >= 2  # the steps and the VQVAE decoder
+
+
 def test_dynamo_limits_work_with_both_names(monkeypatch):
     """torch >= 2.7 calls them recompile_limit / accumulated_recompile_limit, older releases cache_size_limit /
     accumulated_cache_size_limit: dynamo_limits sets whichever this torch has, and only inside the block."""
@@ -290,7 +303,8 @@ def test_graph_replays_give_the_eager_tokens(chain, monkeypatch):
 
 # ---- compiled steps -----------------------------------------------------------------------------------
 def compiled_matches_eager(decoder, backend):
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # imports Dynamo on first use (~1.5 s), in the test process that compiles, not at collection
+    counters = torch._dynamo.utils.counters
     counters.clear()
     path = FastPath(decoder, compile=True, compile_options=dict(backend=backend))
     for seed in (0, 1):
