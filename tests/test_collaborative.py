@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from code import CollaborativeDecoder, collaborative_generate, var_generate
-from conftest import tiny_var_like
+from tiny import tiny_var_like
 from models import build_var
 
 

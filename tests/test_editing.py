@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from code import box_mask, inpaint, make_edit, token_masks, var_generate
-from conftest import tiny_var_like
+from tiny import tiny_var_like
 from utils.images import box_to_mask
 
 

@@ -7,7 +7,7 @@ import code.fast as fast_mod
 from code import CollaborativeDecoder, FastPath, FastPathMismatch
 from code.fast import FastSteps
 from code.fast_check import Bounds, check_fast_path
-from conftest import tiny_pair, tiny_var_like
+from tiny import tiny_pair, tiny_var_like
 from models import cast_linear_weights_
 from models.kv_cache import KVCache
 from test_fast import CODE_KW, fake_cuda_graphs

@@ -21,7 +21,8 @@ from cli.args import UsageError, exit_on_error, setup_logging
 from cli.checkpoints import draft_steps
 from cli.miniature import MINIATURE_DIR
 from code import CollaborativeDecoder
-from conftest import ROOT, output_to
+from conftest import ROOT
+from tiny import output_to
 from models import load_vae, load_var
 from utils.hub import download_command
 from utils.images import read_png

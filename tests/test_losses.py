@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from training.losses import RefinerLoss, drafter_ce, kd_lambda, kl_teacher_student, scale_weights
-from conftest import tiny_pair, tiny_var_like
+from tiny import tiny_pair, tiny_var_like
 
 
 def gt_batch(vae, var, B=3, seed=0):

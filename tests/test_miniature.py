@@ -16,7 +16,7 @@ import torch
 import train_vqvae
 from cli.args import UsageError, exit_code
 from code import CollaborativeDecoder
-from conftest import TINY_VAE, randomize_
+from tiny import TINY_VAE, randomize_
 from miniature import demo, pipeline, report, shapes
 from miniature import evaluate as evaluate_miniature
 from miniature.classifier import load_classifier

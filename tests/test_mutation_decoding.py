@@ -11,7 +11,7 @@ from code.editing import box_mask, make_edit
 from code.fast_check import check_fast_path, rms_difference
 from code.loop import MAX_SEED, make_generator, precision, resolve_labels
 from code.sampling import fill_noise_, sample_tokens
-from conftest import TINY_VAE, TINY_VAR, tiny_var_like
+from tiny import TINY_VAE, TINY_VAR, tiny_var_like
 from models import build_vae_var
 from test_fast_check import PLANTS, decoder, run_batches  # noqa: F401
 

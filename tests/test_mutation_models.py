@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_VAE, TINY_VAR
+from tiny import TINY_VAE, TINY_VAR
 from models import build_vae, build_var
 from models.kv_cache import KVCache
 from models.quant import PhiShared

@@ -14,7 +14,8 @@ import torch
 import sample_CoDe
 from cli.args import UsageError
 from code import collaborative_generate
-from conftest import ROOT, output_to
+from conftest import ROOT
+from tiny import output_to
 from fid.samples import (Batch, ImageKey, MissingImagesError, SampleFolder, SampleWriteError, image_seed, plan,
                          png_is_whole)
 from fid.writer import BatchWriter

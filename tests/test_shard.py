@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from conftest import tiny_pair
+from tiny import tiny_pair
 from models import VAR
 from training.config import ConfigError
 from training.optim import build_optimizer

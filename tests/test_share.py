@@ -10,7 +10,7 @@ import infer_CoDe
 import sample_CoDe
 import share_pair
 from cli.args import UsageError
-from conftest import fill_hf_cache
+from tiny import fill_hf_cache
 from models import load_pair, load_vae, load_var
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint, save_safetensors
 from utils.files import sha256_file

@@ -15,7 +15,8 @@ from PIL import Image
 import train_drafter
 import train_refiner
 from code import var_generate
-from conftest import ROOT, tiny_pair, tiny_var_like
+from conftest import ROOT
+from tiny import tiny_pair, tiny_var_like
 from two_ranks import N, args_for, run, sharded_argv, two_rank_worker
 from models import VAR, build_var, load_vae, load_var
 from training.data import ImageFolder, ImageTransform

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_pair, tiny_var_like
+from tiny import tiny_pair, tiny_var_like
 from code import CollaborativeDecoder, DecodeState, SamplingConfig, TokenEdit, run_scales, var_generate
 from models.scales import token_offsets
 

@@ -1,6 +1,6 @@
 import torch
 
-from conftest import TINY_VAE, randomize_
+from tiny import TINY_VAE, randomize_
 from models import build_vae
 from code import CollaborativeDecoder
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_VAR, fill_hf_cache, randomize_, tiny_pair, tiny_var_like
+from tiny import TINY_VAR, fill_hf_cache, randomize_, tiny_pair, tiny_var_like
 from models import build_vae_var, load_vae, load_var
 from utils.checkpoint import atomic_save
 from utils.hub import CODE_REPO, VAE_FILE, VAR_REPO
