@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from code import CollaborativeDecoder, FastPath, TokenEdit  # noqa: E402
 from models import VAR, VQVAE, VARConfig, VQVAEConfig, cast_linear_weights_  # noqa: E402
+from models.meta import on_meta  # noqa: E402
 from models.var import derived_buffers  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,7 +108,7 @@ def materialise_(model: torch.nn.Module, device: torch.device, seed: int) -> tor
 
 
 def random_var(depth: int, device: torch.device, tiny: bool, seed: int) -> VAR:
-    with torch.device("meta"):
+    with on_meta():
         model = VAR(VARConfig(depth=TINY_DEPTH.get(depth, depth), **(TINY_VAR if tiny else {})))
     materialise_(model, device, seed)
     with torch.no_grad():
@@ -117,7 +118,7 @@ def random_var(depth: int, device: torch.device, tiny: bool, seed: int) -> VAR:
 
 
 def random_vae(device: torch.device, tiny: bool) -> VQVAE:
-    with torch.device("meta"):
+    with on_meta():
         vae = VQVAE(VQVAEConfig(**(TINY_VAE if tiny else {})))
     return materialise_(vae, device, seed=1)
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 from utils.checkpoint import CheckpointError, check_state_dict, read_checkpoint, read_state_dict
 from utils.hub import VAE_FILE, resolve_checkpoint, var_file
 
+from .meta import device_context, on_meta
 from .scales import PATCH_NUMS
 from .var import VAR, VARConfig, derived_buffers
 from .vqvae import VQVAE, VQVAEConfig
@@ -21,12 +22,12 @@ VAR_DEPTHS = (16, 20, 24, 30)
 
 def build_var(depth: int = 16, device: str | torch.device = "cpu", **overrides) -> VAR:
     """A VAR with the published layout for `depth` (override any VARConfig field); device='meta' allocates nothing."""
-    with torch.device(device):
+    with device_context(device):
         return VAR(VARConfig(depth=depth, **overrides))
 
 
 def build_vae(device: str | torch.device = "cpu", **overrides) -> VQVAE:
-    with torch.device(device):
+    with device_context(device):
         return VQVAE(VQVAEConfig(**overrides))
 
 
@@ -123,7 +124,7 @@ def var_from_state_dict(sd: dict[str, torch.Tensor], path, depth: int | None = N
     if depth is not None and depth != config.depth:
         raise CheckpointError(f"{path} holds a depth-{config.depth} VAR but depth {depth} was requested: "
                               f"pass depth {config.depth} or the checkpoint of a depth-{depth} model")
-    with torch.device("meta"):
+    with on_meta():
         model = VAR(config)
     return _load_into(model, sd, path, f"a depth-{config.depth} VAR", derived_buffers(config), device, dtype).eval()
 
@@ -153,7 +154,7 @@ def vae_from_state_dict(sd: dict[str, torch.Tensor], path, patch_nums: Sequence[
             f"{path} is a VQVAE of {usage.shape[0]} scales (its quantize.ema_vocab_hit_SV has {usage.shape[0]} rows) "
             f"but patch_nums {config.patch_nums} has {len(config.patch_nums)}: use the VQVAE the VARs were trained "
             "with (or, to serve another schedule on purpose, save this one without that usage statistic)")
-    with torch.device("meta"):
+    with on_meta():
         model = VQVAE(config)
     derived = {"quantize.ema_vocab_hit_SV": torch.zeros(len(config.patch_nums), config.vocab_size)}
     return _load_into(model, sd, path, "the multi-scale VQVAE", derived, device, dtype).eval()

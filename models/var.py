@@ -68,9 +68,11 @@ class VAR(nn.Module):
         self.set_drop_path(c.drop_path_rate)
         self.head_nm = AdaLNHead(C, c.norm_eps)
         self.head = nn.Linear(C, c.vocab_size)
-        for name, buf in derived_buffers(c).items():
+        with torch.device("cpu"):  # where they have values (on meta, computing them is only overhead), then moved
+            buffers = derived_buffers(c)
+        for name, buf in buffers.items():
             if "." not in name:
-                self.register_buffer(name, buf)
+                self.register_buffer(name, buf.to(self.pos_1LC.device))
         if self.pos_1LC.device.type != "meta":
             self.reset_parameters()
 

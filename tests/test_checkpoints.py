@@ -3,9 +3,11 @@ import pickle
 import pytest
 import torch
 
-from conftest import ROOT, fill_hf_cache, tiny_pair
+from conftest import ROOT
+from tiny import TINY_VAE, TINY_VAR, fill_hf_cache, tiny_pair
 from models import build_vae, build_var, load_vae, load_var
 from models.build import vae_from_state_dict, var_from_state_dict
+from models.meta import SkipRandomInit
 from code import var_generate
 from utils.checkpoint import CheckpointError, atomic_save
 
@@ -37,6 +39,25 @@ def test_real_size_var_has_exactly_the_official_keys(depth):
 
 def test_real_size_vae_has_exactly_the_official_keys():
     assert layout(build_vae("meta")) == official_keys("vae_ch160v4096z32")
+
+
+def test_meta_shells_skip_only_the_random_initialisers():
+    """Built on meta (on_meta()): the layout of a real build, every tensor on meta; inside, torch.nn.init's random
+    initialisers leave a tensor as it is (outside they fill it), and everything else still runs."""
+    vae, var = tiny_pair()
+    shells = build_vae("meta", **TINY_VAE), build_var(2, "meta", vocab_size=64, cvae=8, patch_nums=(1, 2, 3, 4),
+                                                      **TINY_VAR)
+    for real, shell in zip((vae, var), shells):
+        assert layout(shell) == layout(real) and all(t.is_meta for t in shell.state_dict().values())
+    t = torch.zeros(4, 4)
+    with SkipRandomInit():
+        torch.nn.init.uniform_(t)
+        torch.nn.init.normal_(t)
+        torch.nn.init.kaiming_uniform_(tensor=t, a=5 ** 0.5)  # as nn.Linear and nn.Conv2d call it
+        assert not t.any()
+        torch.nn.init.ones_(t)
+        assert t.eq(1).all()
+    assert torch.nn.init.normal_(t).ne(1).any()
 
 
 def test_published_parameter_counts():

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 import infer_CoDe
@@ -18,7 +17,7 @@ from code import CollaborativeDecoder, FastPath, box_mask, collaborative_generat
 from conftest import ROOT
 from models import load_vae, load_var
 from tiny_checkpoints import load_published
-from utils.images import read_png, save_grid
+from utils.images import make_grid, read_png
 
 CODE_TEMPERATURE = [1.1] * 7 + [1.0] * 3
 
@@ -38,21 +37,8 @@ def run(module, argv):
 
 
 def grid_of(images):
-    """What the scripts save: torchvision's grid, 8 per row, rounded to nearest as save_image does."""
-    grid = torchvision.utils.make_grid(images, nrow=8, padding=0)
-    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-@pytest.mark.parametrize("batch, nrow, padding, pad_value, upscale, name", [
-    (1, 8, 2, 1.0, 1, "a.png"), (5, 2, 0, 1.0, 1, "b.png"), (7, 3, 1, 0.25, 2, "c.png"), (8, 8, 3, 0.0, 1, "d.jpg")])
-def test_save_grid_is_torchvisions_save_image_of_make_grid(tmp_path, batch, nrow, padding, pad_value, upscale, name):
-    images = torch.rand(batch, 3, 5, 4, generator=torch.Generator().manual_seed(batch))
-    images[0, 0, 0, 0], images[-1, 1, 1, 1] = -0.1, 1.2  # out of range: clamped alike
-    ours, theirs = tmp_path / f"ours_{name}", tmp_path / f"theirs_{name}"
-    save_grid(images, ours, nrow=nrow, padding=padding, pad_value=pad_value, upscale=upscale)
-    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
-    torchvision.utils.save_image(grid.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2), theirs)
-    assert ours.read_bytes() == theirs.read_bytes()
+    """What the scripts save: the grid, 8 per row, rounded to nearest (test_torchvision_parity: torchvision's)."""
+    return make_grid(images, nrow=8).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def test_infer_original_by_depth_matches_the_library(hub, tmp_path, capsys):
@@ -326,6 +312,7 @@ for name in names:
 print("=== run")
 sys.argv = run
 runpy.run_path(run[0], run_name="__main__")
+print("=== dynamo imported:", "torch._dynamo" in sys.modules)
 """
 SCRIPT_FLAGS = {"infer_original.py": "--model_depth", "infer_CoDe.py": "--training_free", "sample_CoDe.py": "--per_class",
                 "train_drafter.py": "--draft_steps", "train_refiner.py": "--teacher", "train_var.py": "--depth",
@@ -335,9 +322,10 @@ SCRIPT_FLAGS = {"infer_original.py": "--model_depth", "infer_CoDe.py": "--traini
 @pytest.mark.slow
 def test_every_script_runs_from_a_fresh_interpreter_prints_its_help_and_generates(hub, small_ckpts, tmp_path):
     """One interpreter runs each script as __main__ from the root, as `python script.py --help` would, then
-    infer_CoDe.py as `python infer_CoDe.py ...` would."""
+    infer_CoDe.py as `python infer_CoDe.py ...` would, on the fast path: uncompiled (as on a CPU), loading and
+    generating never import Dynamo (~1.5 s of every run)."""
     r = script("-c", HELP_OF_EVERY_SCRIPT_THEN_A_RUN, *SCRIPT_FLAGS, "--then", "infer_CoDe.py",
-               *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2", "--output",
+               *small_args(small_ckpts, "--draft_steps", "2", "--class_labels", "1", "2", "--fast", "--output",
                            str(tmp_path / "b.png")))
     helps = {m[0]: (m[1], m[2]) for m in re.findall(r"=== (\S+)\n(.*?)=== exit (\S+)", r.stdout, re.S)}
     assert list(helps) == list(SCRIPT_FLAGS), r.stderr[-2000:]
@@ -347,6 +335,7 @@ def test_every_script_runs_from_a_fresh_interpreter_prints_its_help_and_generate
     assert all("--dtype" in helps[name][0] for name in ("infer_original.py", "infer_CoDe.py", "sample_CoDe.py"))
     assert r.returncode == 0 and read_png(tmp_path / "b.png").shape == (8, 16, 3), r.stderr
     assert "latency with the VQVAE decoder" in r.stdout.split("=== run")[1]
+    assert "fast path checked against the eager path" in r.stdout and "=== dynamo imported: False" in r.stdout
 
 
 def test_a_failure_through_the_main_block_exits_2_with_one_line(small_ckpts, tmp_path, capsys, monkeypatch):

@@ -17,6 +17,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from models import VAR
+from models.meta import on_meta
 from utils.dist import DistInfo
 
 from .config import SHARD_CHOICES, ConfigError
@@ -62,7 +63,7 @@ def sharded_twin(model: VAR, device: torch.device, fill: bool) -> VAR:
     """A sharded copy of `model` (same config, drop path included) on `device`: each rank allocates only its
     shards, filled from `model`'s weights when `fill` (else left for a checkpoint to load)."""
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")  # never modified
-    with torch.device("meta"):
+    with on_meta():
         twin = VAR(model.config)
     twin = wrap_fsdp(twin, device).to_empty(device=device)
     if fill:
