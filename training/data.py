@@ -1,4 +1,5 @@
-"""ImageNet-style image folders (torchvision's ImageFolder) and VAR's training transform (torchvision's v2 ops).
+"""ImageNet-style image folders and VAR's training transform: torchvision's ImageFolder and transforms, pixel for
+pixel, in PIL and numpy (importing torchvision costs every training process, and each of its ranks, ~2 s).
 
 Every random choice of a sample (crop offset, flip, label drop) comes from a numpy Generator seeded with
 (seed, epoch, image index), not from torch's global generator as torchvision's random transforms draw: the same
@@ -14,15 +15,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torchvision
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from torch.utils.data import default_collate
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import InterpolationMode
+from torch.utils.data import Dataset, default_collate
 
 from utils.errors import UsageError
 from utils.images import ImageFileError, open_rgb_as_stored
+
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
 class DataError(UsageError, ValueError):
@@ -30,7 +30,7 @@ class DataError(UsageError, ValueError):
 
 
 def check_image_folder(root: Path) -> None:
-    """The errors torchvision would raise as FileNotFoundError, as DataErrors that say what was expected."""
+    """A missing folder or one without class sub-folders, as DataErrors that say what was expected."""
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     if not any(d.is_dir() for d in os.scandir(root)):
@@ -46,31 +46,37 @@ class ImageTransform:
     hflip: bool = False
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None) -> torch.Tensor:
-        img = TF.resize(img, [round(1.125 * self.size)], interpolation=InterpolationMode.LANCZOS)
+        img = resize_short_side(img, round(1.125 * self.size))
+        w, h = img.size
         if self.train:
-            w, h = img.size
             top, left = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
-            img = TF.crop(img, top, left, self.size, self.size)
-        else:
-            img = TF.center_crop(img, [self.size, self.size])
+        else:  # torchvision's centre: Python's round, half to even
+            top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        img = img.crop((left, top, left + self.size, top + self.size))
         if self.train and self.hflip and rng.random() < 0.5:
-            img = TF.horizontal_flip(img)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         # ToTensor's division by 255, as published (v2's to_dtype(scale=True) multiplies by 1/255: an ulp away)
-        return TF.pil_to_tensor(img).to(torch.float32).div_(255).mul_(2).sub_(1)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).to(torch.float32).div_(255).mul_(2).sub_(1)
 
 
-class ImageFolder(torchvision.datasets.ImageFolder):
-    """torchvision's ImageFolder (classes from sorted folder names, its extensions and loader), indexed by
+def resize_short_side(img: Image.Image, short: int) -> Image.Image:
+    """Lanczos resize to a short side of `short`, the long side truncated (torchvision's Resize(short))."""
+    w, h = img.size
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    return img if size == (w, h) else img.resize(size, Image.Resampling.LANCZOS)
+
+
+class ImageFolder(Dataset):
+    """`root/<class>/<image>` as torchvision's ImageFolder reads it (see scan_image_folder), indexed by
     (image index, epoch): returns (image in [-1, 1], class id, drop the label?)."""
 
     def __init__(self, root: str | os.PathLike, transform: ImageTransform, seed: int = 0, cond_drop: float = 0.0):
-        root = Path(root)
-        check_image_folder(root)
-        super().__init__(str(root), allow_empty=True, loader=open_rgb_as_stored)  # 16-bit images scaled, not clipped
-        if not self.samples:
-            raise DataError(f"data folder {root} has {len(self.classes)} class folders but no images "
-                            f"(extensions {', '.join(IMG_EXTENSIONS)})")
-        self.root, self.transform, self.seed, self.cond_drop = root, transform, seed, cond_drop
+        self.root, self.transform, self.seed, self.cond_drop = Path(root), transform, seed, cond_drop
+        self.classes, self.samples = scan_image_folder(self.root)
+        self.loader = open_rgb_as_stored  # 16-bit images scaled, not clipped
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
         index, epoch = key
@@ -113,11 +119,16 @@ def checked(batches: Iterable) -> Iterator[tuple]:
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
-    """`root/<class>/<image>`: classes sorted by folder name -> ids 0..C-1, and (path, id) pairs."""
+    """`root/<class>/<image>`: classes sorted by folder name -> ids 0..C-1, and (path, id) pairs of the files with
+    an image extension (any case), folder by folder in sorted order, sub-folders and links followed: torchvision's
+    ImageFolder order."""
     root = Path(root)
     check_image_folder(root)
-    classes, class_to_idx = torchvision.datasets.folder.find_classes(str(root))
-    samples = torchvision.datasets.folder.make_dataset(str(root), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    samples = [(os.path.join(folder, name), label)
+               for label, c in enumerate(classes)
+               for folder, _, names in sorted(os.walk(os.path.join(root, c), followlinks=True))
+               for name in sorted(names) if name.lower().endswith(IMG_EXTENSIONS)]
     if not samples:
         raise DataError(f"data folder {root} has {len(classes)} class folders but no images "
                         f"(extensions {', '.join(IMG_EXTENSIONS)})")
