@@ -144,7 +144,10 @@ def test_two_ranks_match_one_process_and_sharded_runs_resume_exactly_and_at_anot
     does; the export loads strictly."""
     assert run(train_drafter, sharded_argv(assets, tmp_path / "one")) == 0
     capfd.readouterr()
-    mp.spawn(two_rank_worker, args=(assets, tmp_path), nprocs=2, join=True)  # not forked: this process ran autograd
+    # Not forked from this process (it ran autograd, whose threads a fork leaves broken): from a fresh forkserver that
+    # imported what a rank needs once, for both ranks (two interpreter starts cost twice that).
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["two_ranks", "torch._dynamo"])
+    mp.start_processes(two_rank_worker, args=(assets, tmp_path), nprocs=2, start_method="forkserver")
     err = capfd.readouterr().err
     assert "(1/GPU x 2 accum x 2 GPUs)" in err and err.count(f"exported {tmp_path / 'ddp'}") == 1  # rank 0 logs
     one, ddp = weights(tmp_path / "one" / f"drafter_{N}.pth"), weights(tmp_path / "ddp" / f"drafter_{N}.pth")

@@ -1,5 +1,5 @@
-"""What one rank of a two-process training run does (tests/test_train.py spawns it): a module that imports only
-what the rank needs, so that each spawned interpreter starts quickly."""
+"""What one rank of a two-process training run does (tests/test_train.py starts the ranks from a forkserver that
+preloads this module): it imports only what a rank needs."""
 import os
 import shutil
 
