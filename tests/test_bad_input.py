@@ -14,7 +14,7 @@ import infer_CoDe
 import infer_original
 import sample_CoDe
 from cli.args import exit_on_error
-from code import FastPathError, collaborative_generate, make_edit, var_generate
+from code import CollaborativeDecoder, FastPathError, collaborative_generate, make_edit, var_generate
 from code.fast import FastPath, FastSteps
 from fid.samples import MAX_PER_CLASS, MAX_SEED, ImageKey, SampleFolder, image_seed
 from models import load_vae, load_var
@@ -291,7 +291,6 @@ def test_other_fast_path_failures_still_name_the_fast_path(pair, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a compiler bug")
     monkeypatch.setattr(FastSteps, "_build", broken)
-    from code import CollaborativeDecoder
     decoder = CollaborativeDecoder(vae, [var])
     with pytest.raises(FastPathError, match="failed to compile or capture"):
         decoder([1], seed=0, fast=FastPath(decoder, check=False))

@@ -1,16 +1,23 @@
 """The fast path's run-time check (code/fast_check.py): no false alarm on the real path, and a stop naming the pass
 for each planted fast-path bug, on the CPU (steps uncaptured, or replayed through a fake graph API)."""
+import json
+
 import pytest
 import torch
 
 import code.fast as fast_mod
-from code import CollaborativeDecoder, FastPath, FastPathMismatch
+import infer_CoDe
+import sample_CoDe
+from benchmarks import fast_check_cost, gpu_check
+from cli.args import published_numerics
+from code import CollaborativeDecoder, FastPath, FastPathMismatch, SamplingConfig
 from code.fast import FastSteps
 from code.fast_check import Bounds, check_fast_path
 from tiny import tiny_pair, tiny_var_like
 from models import cast_linear_weights_
 from models.kv_cache import KVCache
 from test_fast import CODE_KW, fake_cuda_graphs
+from test_sample import sample, small_argv
 
 
 @pytest.fixture
@@ -67,7 +74,6 @@ def test_the_check_compares_rows_it_did_not_generate(decoder):
 
 
 def decoder_sampling():
-    from code import SamplingConfig
     return SamplingConfig(**CODE_KW)
 
 
@@ -161,10 +167,7 @@ def test_a_planted_bug_stops_the_run_and_names_the_pass(decoder, monkeypatch, bu
 
 # ---- in the scripts ---------------------------------------------------------------------------------
 def test_sample_run_records_its_checks_and_stops_on_a_bug_before_writing(small_ckpts, tmp_path, monkeypatch):
-    import json
 
-    import sample_CoDe
-    from test_sample import sample, small_argv
     out = tmp_path / "run"
     sample(small_argv(small_ckpts, out, "--batch_size", "5"))  # 12 images: batches of 5, 5 and 2 (a new shape)
     run = json.loads((out / "run.json").read_text())
@@ -188,7 +191,6 @@ def test_sample_run_records_its_checks_and_stops_on_a_bug_before_writing(small_c
 
 
 def test_infer_reports_the_check(small_ckpts, tmp_path, capsys):
-    import infer_CoDe
     flags = ["--drafter_ckpt", str(small_ckpts["drafter"]), "--refiner_ckpt", str(small_ckpts["refiner"]),
              "--vae_ckpt", str(small_ckpts["vae"]), "--draft_steps", "2", "--class_labels", "1,2",
              "--temperature", "1.0", "--output", str(tmp_path / "grid.png"), "--device", "cpu", "--fast"]
@@ -200,7 +202,6 @@ def test_infer_reports_the_check(small_ckpts, tmp_path, capsys):
 
 
 def test_gpu_acceptance_script_runs_tiny_on_the_cpu(capsys, monkeypatch):
-    from benchmarks import gpu_check
     argv = ["--tiny", "--device", "cpu", "--batch_size", "2", "--repeats", "1", "--cases", "code-8"]
     assert gpu_check.main(argv) == 0
     out = capsys.readouterr().out
@@ -212,7 +213,6 @@ def test_gpu_acceptance_script_runs_tiny_on_the_cpu(capsys, monkeypatch):
 
 
 def test_tf32_is_set_as_the_published_scripts_set_it():
-    from cli.args import published_numerics
     before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic
     try:
         torch.set_float32_matmul_precision("highest")
@@ -230,7 +230,6 @@ def test_tf32_is_set_as_the_published_scripts_set_it():
 
 
 def test_check_cost_benchmark_runs_and_counts_the_checks_of_a_run():
-    from benchmarks.fast_check_cost import main
-    out = main(["--batch_size", "2", "--repeats", "1", "--images", "1001"])
+    out = fast_check_cost.main(["--batch_size", "2", "--repeats", "1", "--images", "1001"])
     # 501 batches of 2 (the last one a new shape): the first, the last, and re-checks after 200 and 400 batches
     assert out["checks"] == 4 and out["check_s"] > 0 and 0 < out["share"] < 1

@@ -9,6 +9,7 @@ import socket
 import sys
 
 import huggingface_hub
+import huggingface_hub.constants as c
 import numpy as np
 import pytest
 import torch
@@ -35,7 +36,6 @@ def run(module, argv):
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache, online mode; returns the cache folder."""
-    import huggingface_hub.constants as c
     cache = tmp_path / "hf_cache"
     cache.mkdir()
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))

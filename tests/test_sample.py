@@ -5,13 +5,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
+import fid.samples
 import sample_CoDe
+from benchmarks import sample_pipeline
 from cli.args import UsageError
 from code import collaborative_generate
 from conftest import ROOT
@@ -262,7 +265,6 @@ def test_an_unreadable_run_json_is_a_clear_error(reference, small_ckpts, tmp_pat
 
 
 def test_a_failing_writer_names_the_image_and_loses_nothing(reference, small_ckpts, tmp_path, monkeypatch):
-    import fid.samples
     real = fid.samples.atomic_write
 
     def disk_full_for_one(path, write):
@@ -367,11 +369,9 @@ def test_fast_path_is_the_default_and_equals_the_eager_path(reference, small_ckp
 
 def test_generation_does_not_wait_for_the_writers(small_ckpts, tmp_path, monkeypatch):
     """While a batch is being written, the next one is generated: the writer runs in another thread."""
-    import fid.samples
     threads, real = [], fid.samples.SampleFolder.write
 
     def spy(self, batch, png):
-        import threading
         threads.append(threading.current_thread().name)
         return real(self, batch, png)
 
@@ -390,7 +390,6 @@ def test_tokens_of_the_shards_are_those_of_the_images(reference, small_ckpts):
 
 
 def test_pipeline_benchmark_runs(tmp_path):
-    from benchmarks import sample_pipeline
     report = sample_pipeline.main(["--images", "24", "--size", "32", "--batch_size", "8", "--gpu_s", "0", "0.01",
                                    "--workers", "2", "--dir", str(tmp_path), "--out", str(tmp_path / "t.md")])
     rows = [line for line in report.splitlines() if line.startswith("| published") or line.startswith("| ours")]
@@ -408,7 +407,6 @@ def test_settings_of_a_folder_without_images_can_be_corrected(reference, small_c
 
 
 def test_a_resume_reads_the_shards_once_and_not_their_pixels(reference, small_ckpts, tmp_path, monkeypatch):
-    import fid.samples
     shutil.copytree(reference[0], tmp_path / "out")
     (tmp_path / "out" / "samples_12x8x8x3.npz").unlink()
     calls, loads = [], []

@@ -295,7 +295,7 @@ def test_a_vqvae_of_other_scales_is_named(small_ckpts, published_ckpts, tmp_path
 
 # ---- real processes ---------------------------------------------------------------------------------
 def script(*argv):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in-process (see tiny_checkpoints.one_thread)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as in-process (conftest.py)
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 

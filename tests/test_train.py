@@ -25,6 +25,7 @@ from training.optim import LRSchedule, scaled_lr
 from training.tokens import make_batch
 from utils.checkpoint import atomic_save
 
+
 def write_folder(root, counts, seed):
     rng = np.random.default_rng(seed)
     for c, n in enumerate(counts):
