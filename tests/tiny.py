@@ -14,7 +14,7 @@ from models import build_vae_var, build_var
 
 torch.set_num_threads(1)  # see conftest.py
 
-TINY_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8, patch_nums=(1, 2, 3, 4))
+TINY_VAE = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=(1, 2, 3, 4))
 TINY_VAR = dict(width=64, heads=2, num_classes=10)
 
 

@@ -17,7 +17,7 @@ from models import build_vae_var, load_vae, load_var
 from utils.checkpoint import atomic_save
 from utils.hub import CODE_REPO, VAE_FILE, VAR_REPO
 
-PUBLISHED_VAE = dict(ch=32, ch_mult=(1, 2), vocab_size=64, z_channels=8)
+PUBLISHED_VAE = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64, z_channels=8)
 PUBLISHED_VAR = dict(width=32, heads=1, mlp_ratio=2.0)  # 30 blocks must stay cheap on a CPU
 
 
