@@ -31,5 +31,9 @@ def on_meta() -> Iterator[None]:
 
 
 def device_context(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """Where a builder creates its modules: on_meta() for the meta device, else torch's default-device context."""
-    return on_meta() if torch.device(device).type == "meta" else torch.device(device)
+    """Where a builder creates its modules: on_meta() for the meta device, nothing to do for the default device
+    (torch's device context would route every op of the constructors through Python), else that context."""
+    device = torch.device(device)
+    if device.type == "meta":
+        return on_meta()
+    return contextlib.nullcontext() if device == torch.get_default_device() else device
