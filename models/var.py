@@ -68,9 +68,7 @@ class VAR(nn.Module):
         self.set_drop_path(c.drop_path_rate)
         self.head_nm = AdaLNHead(C, c.norm_eps)
         self.head = nn.Linear(C, c.vocab_size)
-        with torch.device("cpu"):  # where they have values (on meta, computing them is only overhead), then moved
-            buffers = derived_buffers(c)
-        for name, buf in buffers.items():
+        for name, buf in derived_buffers(c).items():
             if "." not in name:
                 self.register_buffer(name, buf.to(self.pos_1LC.device))
         if self.pos_1LC.device.type != "meta":
@@ -155,8 +153,11 @@ class VAR(nn.Module):
 
 
 def derived_buffers(config: VARConfig) -> dict[str, torch.Tensor]:
-    """The persistent buffers the official checkpoints carry but that follow from the config alone."""
-    bufs = {"lvl_1L": scale_ids(config.patch_nums)[None], "attn_bias_for_masking": block_causal_bias(config.patch_nums)}
-    for i in range(config.depth):
-        bufs[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros(config.width)
+    """The persistent buffers the official checkpoints carry but that follow from the config alone, on the CPU
+    whatever device context is open (on meta they would have no values, and computing them there is only overhead)."""
+    with torch.device("cpu"):
+        bufs = {"lvl_1L": scale_ids(config.patch_nums)[None],
+                "attn_bias_for_masking": block_causal_bias(config.patch_nums)}
+        for i in range(config.depth):
+            bufs[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros(config.width)
     return bufs
